@@ -1,0 +1,126 @@
+package nvme
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
+)
+
+// ErrPoolEmpty means every buffer of a Pool is in use. It is retryable: Put
+// one back (or use GetContext, which waits).
+var ErrPoolEmpty = errors.New("nvme: DMA buffer pool is empty")
+
+// Pool is a set of equal-sized DMA buffers mapped once at set-up, like
+// io_uring's fixed buffers: the I/O path takes and returns buffers and never
+// maps memory. Get, GetContext and Put are safe for concurrent use and do not
+// allocate.
+type Pool struct {
+	alloc dma.Allocator
+	mem   dma.Buffer
+	size  int
+	free  chan int32    // indices of free buffers
+	out   []atomic.Bool // out[i]: buffer i is handed out (catches double Put)
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewPool maps count buffers of size bytes each (size is rounded up to the
+// allocator's page size, so every buffer starts on a page).
+func NewPool(a dma.Allocator, count, size int) (*Pool, error) {
+	if count <= 0 || size <= 0 {
+		return nil, fmt.Errorf("%w: pool of %d buffers of %d bytes", ErrInvalidArgument, count, size)
+	}
+	page := a.PageSize()
+	size = (size + page - 1) / page * page
+	if size > (1<<40)/count {
+		return nil, fmt.Errorf("%w: pool of %d buffers of %d bytes is too large", ErrInvalidArgument, count, size)
+	}
+	mem, err := a.Alloc(count * size)
+	if err != nil {
+		return nil, fmt.Errorf("mapping pool of %d buffers of %d bytes: %w", count, size, err)
+	}
+	p := &Pool{alloc: a, mem: mem, size: size, free: make(chan int32, count), out: make([]atomic.Bool, count)}
+	for i := range count {
+		p.free <- int32(i)
+	}
+	return p, nil
+}
+
+// BufferSize is the size of every buffer in bytes.
+func (p *Pool) BufferSize() int { return p.size }
+
+// Len is the number of buffers in the pool.
+func (p *Pool) Len() int { return len(p.out) }
+
+// Available is the number of buffers not handed out right now.
+func (p *Pool) Available() int { return len(p.free) }
+
+// Get takes a free buffer, or fails at once with ErrPoolEmpty.
+func (p *Pool) Get() (dma.Buffer, error) {
+	select {
+	case i := <-p.free:
+		return p.take(i), nil
+	default:
+		return dma.Buffer{}, ErrPoolEmpty
+	}
+}
+
+// GetContext takes a free buffer, waiting for one until ctx is done.
+func (p *Pool) GetContext(ctx context.Context) (dma.Buffer, error) {
+	select {
+	case i := <-p.free:
+		return p.take(i), nil
+	default:
+	}
+	select {
+	case i := <-p.free:
+		return p.take(i), nil
+	case <-ctx.Done():
+		return dma.Buffer{}, fmt.Errorf("waiting for a DMA buffer (%d in pool, all in use): %w", len(p.out), ctx.Err())
+	}
+}
+
+func (p *Pool) take(i int32) dma.Buffer {
+	p.out[i].Store(true)
+	return p.mem.Slice(int(i)*p.size, p.size)
+}
+
+// Put returns a buffer from Get. Only the IOVA is looked at, so a buffer the
+// caller re-sliced from its start is fine. Putting a buffer that is not from
+// this pool, or putting one twice, is an error and changes nothing.
+func (p *Pool) Put(b dma.Buffer) error {
+	i, ok := p.index(b)
+	if !ok {
+		return fmt.Errorf("%w: buffer at IOVA %#x is not the start of a buffer of this pool (%d x %d bytes at %#x)",
+			ErrInvalidArgument, b.IOVA, len(p.out), p.size, p.mem.IOVA)
+	}
+	if !p.out[i].CompareAndSwap(true, false) {
+		return fmt.Errorf("%w: pool buffer %d (IOVA %#x) put back twice", ErrInvalidArgument, i, b.IOVA)
+	}
+	p.free <- int32(i)
+	return nil
+}
+
+func (p *Pool) index(b dma.Buffer) (int, bool) {
+	if b.IOVA < p.mem.IOVA {
+		return 0, false
+	}
+	off := b.IOVA - p.mem.IOVA
+	if off%uint64(p.size) != 0 || off >= uint64(len(p.out))*uint64(p.size) {
+		return 0, false
+	}
+	return int(off / uint64(p.size)), true
+}
+
+// Close unmaps the pool's memory. Call it only once no command that uses a
+// pool buffer is in flight: the controller may still be writing into it.
+// Close is safe to call more than once.
+func (p *Pool) Close() error {
+	p.closeOnce.Do(func() { p.closeErr = p.alloc.Free(p.mem) })
+	return p.closeErr
+}
