@@ -1,0 +1,365 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
+	"github.com/nvmepoll/nvmepoll/vfio/mmio"
+)
+
+// Depth limits: a ring needs two entries to tell full from empty, and the
+// specification caps a queue at 64 Ki entries (CAP.MQES + 1).
+const (
+	MinDepth = 2
+	MaxDepth = 65536
+)
+
+// ErrFull is returned by Acquire when every command slot is in use. It is a
+// back-pressure signal for the submitter (retry after reaping), never a
+// completion.
+var ErrFull = errors.New("queue: all command slots are in use")
+
+// Config describes the memory and doorbells of one queue pair.
+type Config struct {
+	// ID is the queue identifier; 0 is the admin queue.
+	ID uint16
+	// Depth is the number of entries in each ring, MinDepth..MaxDepth.
+	// Depth-1 commands can be outstanding at once.
+	Depth int
+	// SQ and CQ are the rings: at least Depth*SQESize and Depth*CQESize
+	// bytes. New zeroes the CQ, so stale phase tags cannot look new.
+	SQ, CQ dma.Buffer
+	// PRP holds one PRP-list page per slot, (Depth-1)*PageSize bytes. It may
+	// be empty when the caller never needs PRP lists (e.g. the admin queue).
+	PRP dma.Buffer
+	// PageSize is the PRP-list page size; 0 means 4096.
+	PageSize int
+	// SQTail and CQHead are the queue's doorbells.
+	SQTail, CQHead Doorbell
+}
+
+// Slot states. A slot is free (on the stack), acquired (owned by a caller,
+// not in the ring), or posted (in the ring, its CQE not yet seen).
+const (
+	slotFree uint8 = iota
+	slotAcquired
+	slotPosted
+)
+
+// Pair is one submission/completion queue pair.
+//
+// The steps are split so callers can batch: Post copies an SQE into the ring
+// and UpdateTail rings the SQ doorbell once for everything posted since; Next
+// returns one CQE and UpdateHead rings the CQ doorbell once for everything
+// reaped since. Command ids are slot indexes; each slot owns a PRP-list page.
+//
+// A Pair is not safe for concurrent use: the caller serialises all calls
+// (for example one lock per queue, or one goroutine per queue).
+type Pair struct {
+	sq    unsafe.Pointer // ring bases in DMA memory
+	cq    unsafe.Pointer
+	depth uint32
+	id    uint16
+
+	tail, rungTail uint32 // local SQ tail, last value written to the doorbell
+	head, rungHead uint32 // local CQ head, last value written to the doorbell
+	phase          uint32 // expected phase tag (phaseBit or 0)
+
+	state  []uint8  // per slot: slotFree, slotAcquired, slotPosted
+	free   []uint16 // LIFO stack of free slots
+	posted int      // slots in slotPosted
+
+	sqTail, cqHead Doorbell
+
+	prp      dma.Buffer
+	pageSize int
+
+	stats Stats
+}
+
+// New checks cfg and returns an empty queue pair with all Depth-1 slots free.
+func New(cfg Config) (*Pair, error) {
+	if cfg.Depth < MinDepth || cfg.Depth > MaxDepth {
+		return nil, fmt.Errorf("queue %d: depth %d is outside %d..%d", cfg.ID, cfg.Depth, MinDepth, MaxDepth)
+	}
+	if n := cfg.Depth * SQESize; cfg.SQ.Len() < n {
+		return nil, fmt.Errorf("queue %d: SQ ring is %d bytes, depth %d needs %d", cfg.ID, cfg.SQ.Len(), cfg.Depth, n)
+	}
+	if n := cfg.Depth * CQESize; cfg.CQ.Len() < n {
+		return nil, fmt.Errorf("queue %d: CQ ring is %d bytes, depth %d needs %d", cfg.ID, cfg.CQ.Len(), cfg.Depth, n)
+	}
+	// The CQE status word is read atomically and the SQE is copied as a
+	// struct: both rings must be aligned to their entry size.
+	if uintptr(cfg.SQ.Ptr())%SQESize != 0 || cfg.SQ.IOVA%SQESize != 0 {
+		return nil, fmt.Errorf("queue %d: SQ ring (host %p, IOVA %#x) is not %d-byte aligned", cfg.ID, cfg.SQ.Ptr(), cfg.SQ.IOVA, SQESize)
+	}
+	if uintptr(cfg.CQ.Ptr())%CQESize != 0 || cfg.CQ.IOVA%CQESize != 0 {
+		return nil, fmt.Errorf("queue %d: CQ ring (host %p, IOVA %#x) is not %d-byte aligned", cfg.ID, cfg.CQ.Ptr(), cfg.CQ.IOVA, CQESize)
+	}
+	if cfg.SQTail == nil || cfg.CQHead == nil {
+		return nil, fmt.Errorf("queue %d: both doorbells are required", cfg.ID)
+	}
+	page := cfg.PageSize
+	if page == 0 {
+		page = 4096
+	}
+	slots := cfg.Depth - 1
+	if page < 0 || page&(page-1) != 0 {
+		return nil, fmt.Errorf("queue %d: PRP page size %d is not a power of two", cfg.ID, cfg.PageSize)
+	}
+	if cfg.PRP.Len() != 0 && cfg.PRP.Len() < slots*page {
+		return nil, fmt.Errorf("queue %d: PRP area is %d bytes, %d slots of %d-byte pages need %d", cfg.ID, cfg.PRP.Len(), slots, page, slots*page)
+	}
+
+	clear(cfg.CQ.Bytes[:cfg.Depth*CQESize])
+	p := &Pair{
+		sq:       cfg.SQ.Ptr(),
+		cq:       cfg.CQ.Ptr(),
+		depth:    uint32(cfg.Depth),
+		id:       cfg.ID,
+		phase:    phaseBit, // the controller's first lap writes phase 1
+		state:    make([]uint8, slots),
+		free:     make([]uint16, slots),
+		sqTail:   cfg.SQTail,
+		cqHead:   cfg.CQHead,
+		prp:      cfg.PRP,
+		pageSize: page,
+	}
+	// Push in reverse so the first Acquire returns cid 0: easier to read in
+	// traces, and the low slots (and their PRP pages) stay cache-hot.
+	for i, free := 0, p.free; i < len(free); i++ {
+		free[i] = uint16(slots - 1 - i)
+	}
+	return p, nil
+}
+
+// ID returns the queue identifier.
+func (p *Pair) ID() uint16 { return p.id }
+
+// Depth returns the number of entries per ring.
+func (p *Pair) Depth() int { return int(p.depth) }
+
+// Slots returns the number of command slots, Depth-1.
+func (p *Pair) Slots() int { return len(p.state) }
+
+// Acquire takes a free slot. Its index is the command id to put in the SQE.
+// It returns ErrFull when all Depth-1 slots are out.
+func (p *Pair) Acquire() (cid uint16, err error) {
+	n := len(p.free)
+	if n == 0 {
+		return 0, ErrFull
+	}
+	cid = p.free[n-1]
+	p.free = p.free[:n-1]
+	if int(cid) < len(p.state) {
+		p.state[cid] = slotAcquired
+	}
+	return cid, nil
+}
+
+// Release returns a slot to the free stack: after its completion has been
+// handled, or when a command was acquired but never posted. Releasing a slot
+// whose command is still posted makes a later CQE for it count as an idle
+// cid instead of completing anything.
+//
+// Releasing a free slot or an id that was never a slot is a driver bug and
+// panics, like unlocking an unlocked sync.Mutex: a silent double push would
+// hand one slot to two commands.
+func (p *Pair) Release(cid uint16) {
+	state := p.state
+	if int(cid) >= len(state) || state[cid] == slotFree {
+		panic(fmt.Sprintf("queue %d: Release of cid %d, which is not acquired", p.id, cid))
+	}
+	if state[cid] == slotPosted {
+		p.posted--
+	}
+	state[cid] = slotFree
+	p.free = append(p.free, cid) // never grows: capacity is the slot count
+}
+
+// PRPList returns the slot's pre-mapped PRP-list page, or an empty Buffer
+// when the pair was configured without PRP memory.
+func (p *Pair) PRPList(cid uint16) dma.Buffer {
+	if p.prp.Len() == 0 || int(cid) >= len(p.state) {
+		return dma.Buffer{}
+	}
+	return p.prp.Slice(int(cid)*p.pageSize, p.pageSize)
+}
+
+// Post copies cmd into the SQ at the local tail and advances the tail. It
+// does not ring the doorbell; call UpdateTail once after a batch. cmd.CID
+// must be a slot from Acquire that is not posted yet; anything else is a
+// driver bug and panics before the ring is touched.
+func (p *Pair) Post(cmd *Command) {
+	cid := cmd.CID
+	if int(cid) >= len(p.state) || p.state[cid] != slotAcquired {
+		panic(fmt.Sprintf("queue %d: Post of cid %d, which is not an acquired, unposted slot", p.id, cid))
+	}
+	p.state[cid] = slotPosted
+	p.posted++
+	// Plain stores into DMA memory; UpdateTail orders them before the
+	// doorbell. tail < depth always, and the ring holds depth entries.
+	*(*Command)(unsafe.Add(p.sq, uintptr(p.tail)*SQESize)) = *cmd
+	p.tail++
+	if p.tail == p.depth {
+		p.tail = 0
+	}
+	p.stats.Posted++
+}
+
+// UpdateTail writes the SQ tail doorbell if the tail moved since the last
+// write, and reports whether it wrote. At most Depth-1 commands can be
+// posted between two calls (one per slot), so the tail cannot lap back to
+// the value last written.
+func (p *Pair) UpdateTail() bool {
+	if p.tail == p.rungTail {
+		return false
+	}
+	mmio.Barrier() // SQE stores before the doorbell (empty on amd64)
+	p.sqTail.Ring(p.tail)
+	p.rungTail = p.tail
+	p.stats.SQDoorbells++
+	return true
+}
+
+// Next returns the CQE at the head if the controller has posted it (its
+// phase tag matches), and advances the head. ok is false when the CQ is
+// empty. The CQ head doorbell is not written; call UpdateHead after a batch.
+//
+// The CQE is untrusted device data. If it names a cid that is out of range
+// or not posted, an SQ head past the ring, or another SQ, Next returns a
+// *CQEError (ok false), counts it in Stats, and leaves every slot as it was;
+// the head still moves past it, so keep calling Next. A valid CQE moves its
+// slot from posted back to acquired: the caller owns it until Release.
+func (p *Pair) Next() (c Completion, ok bool, err error) {
+	w := (*[4]uint32)(unsafe.Add(p.cq, uintptr(p.head)*CQESize))
+	// DW3 first, atomically: the phase tag says whether DW0-2 are new.
+	dw3 := atomic.LoadUint32(&w[3])
+	if dw3&phaseBit != p.phase {
+		return Completion{}, false, nil
+	}
+	c = decode(w[0], w[1], w[2], dw3)
+	p.head++
+	if p.head == p.depth {
+		p.head = 0
+		p.phase ^= phaseBit
+	}
+
+	var kind CQEErrorKind
+	switch cid := c.CID; {
+	case c.SQID != p.id:
+		kind = WrongSQID
+	case int(cid) >= len(p.state):
+		kind = UnknownCID
+	case p.state[cid] != slotPosted:
+		kind = IdleCID
+	case uint32(c.SQHead) >= p.depth:
+		kind = BadSQHead
+	default:
+		p.state[cid] = slotAcquired
+		p.posted--
+		p.stats.Completed++
+		return c, true, nil
+	}
+	p.stats.BadCQEs[kind]++
+	return Completion{}, false, &CQEError{Kind: kind, QID: p.id, Depth: int(p.depth), CQE: c}
+}
+
+// UpdateHead writes the CQ head doorbell if the head moved since the last
+// write, and reports whether it wrote. Call it at least once per Depth-1
+// CQEs reaped, or the controller sees a full CQ.
+func (p *Pair) UpdateHead() bool {
+	if p.head == p.rungHead {
+		return false
+	}
+	p.cqHead.Ring(p.head)
+	p.rungHead = p.head
+	p.stats.CQDoorbells++
+	return true
+}
+
+// Outstanding returns the number of posted commands whose CQE has not been
+// seen.
+func (p *Pair) Outstanding() int { return p.posted }
+
+// Free returns the number of slots Acquire can still hand out.
+func (p *Pair) Free() int { return len(p.free) }
+
+// Stats returns the pair's counters.
+func (p *Pair) Stats() Stats { return p.stats }
+
+// Stats counts what a Pair did.
+type Stats struct {
+	Posted      uint64 // SQEs written into the ring
+	Completed   uint64 // valid CQEs returned by Next
+	SQDoorbells uint64 // SQ tail doorbell writes
+	CQDoorbells uint64 // CQ head doorbell writes
+	// BadCQEs counts rejected CQEs, indexed by CQEErrorKind.
+	BadCQEs [numKinds]uint64
+}
+
+// Bad returns the total number of rejected CQEs.
+func (s Stats) Bad() uint64 {
+	var n uint64
+	for _, v := range s.BadCQEs {
+		n += v
+	}
+	return n
+}
+
+// CQEErrorKind says what was wrong with a CQE.
+type CQEErrorKind uint8
+
+const (
+	// UnknownCID: the cid is not a slot of this queue (>= Depth-1).
+	UnknownCID CQEErrorKind = iota
+	// IdleCID: the cid is a slot with no command posted: never posted,
+	// already completed (a duplicate CQE), or released.
+	IdleCID
+	// BadSQHead: the SQ head pointer is not below Depth.
+	BadSQHead
+	// WrongSQID: the CQE names a different submission queue.
+	WrongSQID
+	numKinds
+)
+
+func (k CQEErrorKind) String() string {
+	switch k {
+	case UnknownCID:
+		return "unknown cid"
+	case IdleCID:
+		return "idle or duplicate cid"
+	case BadSQHead:
+		return "SQ head out of range"
+	case WrongSQID:
+		return "wrong SQ id"
+	}
+	return fmt.Sprintf("CQEErrorKind(%d)", uint8(k))
+}
+
+// CQEError reports a completion queue entry that failed validation. The
+// entry was consumed (the head moved past it) and no slot changed.
+type CQEError struct {
+	Kind  CQEErrorKind
+	QID   uint16     // the queue that received it
+	Depth int        // the queue's depth, for the limits in the message
+	CQE   Completion // the entry as read from the ring
+}
+
+func (e *CQEError) Error() string {
+	c := e.CQE
+	switch e.Kind {
+	case UnknownCID:
+		return fmt.Sprintf("queue %d: bad CQE: cid %d is out of range (%d slots)", e.QID, c.CID, e.Depth-1)
+	case IdleCID:
+		return fmt.Sprintf("queue %d: bad CQE: cid %d has no command outstanding (duplicate or stray completion)", e.QID, c.CID)
+	case BadSQHead:
+		return fmt.Sprintf("queue %d: bad CQE for cid %d: SQ head %d is past the ring (depth %d)", e.QID, c.CID, c.SQHead, e.Depth)
+	case WrongSQID:
+		return fmt.Sprintf("queue %d: bad CQE for cid %d: names SQ %d", e.QID, c.CID, c.SQID)
+	}
+	return fmt.Sprintf("queue %d: bad CQE (%v): %+v", e.QID, e.Kind, c)
+}
