@@ -1,0 +1,141 @@
+package queue
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+)
+
+// cqeBytes builds a raw CQE for the seed corpus. Phase is left 0: the fuzz
+// body sets it unless told not to.
+func cqeBytes(cid, sqid, sqhd uint16, status uint16) []byte {
+	b := make([]byte, CQESize)
+	binary.LittleEndian.PutUint32(b[8:], uint32(sqhd)|uint32(sqid)<<16)
+	binary.LittleEndian.PutUint32(b[12:], uint32(cid)|uint32(status)<<17)
+	return b
+}
+
+// FuzzCompletion feeds arbitrary 16-byte CQEs, as a broken or hostile
+// controller could write them, into the CQ of a pair with commands in
+// flight. Next must never panic or index out of range; a CQE must complete
+// a request exactly when an independent model of the slots says it is
+// valid, and then complete exactly that cid; a bad one must be counted under
+// the right kind and change no slot.
+//
+// The first byte of each 17-byte record is control: bit 0 set keeps the
+// fuzzer's phase bit instead of forcing the current one (so stale entries
+// are tried too), bit 1 rings the CQ doorbell afterwards.
+func FuzzCompletion(f *testing.F) {
+	const id, depth = 1, 8
+	seed := func(recs ...[]byte) []byte {
+		var b []byte
+		for _, r := range recs {
+			b = append(b, 0)
+			b = append(b, r...)
+		}
+		return b
+	}
+	f.Add(seed(cqeBytes(0, id, 1, 0)))                                 // valid
+	f.Add(seed(cqeBytes(0, id, 1, 0), cqeBytes(0, id, 2, 0)))          // duplicate
+	f.Add(seed(cqeBytes(6, id, 3, 0x4281)))                            // valid, error status
+	f.Add(seed(cqeBytes(7, id, 1, 0), cqeBytes(0xffff, id, 1, 0)))     // unknown cids
+	f.Add(seed(cqeBytes(3, id, depth, 0), cqeBytes(3, id, 0xffff, 0))) // SQ head out of range
+	f.Add(seed(cqeBytes(2, id+1, 1, 0), cqeBytes(2, 0, 1, 0)))         // wrong SQ
+	f.Add(append([]byte{1}, cqeBytes(0, id, 1, 0)...))                 // stale phase
+	f.Add(seed(cqeBytes(1, id, 1, 0), cqeBytes(2, id, 2, 0), cqeBytes(3, id, 3, 0), cqeBytes(4, id, 4, 0),
+		cqeBytes(5, id, 5, 0), cqeBytes(6, id, 6, 0), cqeBytes(0, id, 7, 0), cqeBytes(1, id, 0, 0))) // a lap and a wrap
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, fc, _ := testPair(t, id, depth)
+		// Fill every slot with a posted command; the model tracks which
+		// cids are posted.
+		posted := make(map[uint16]bool)
+		for i := 0; i < depth-1; i++ {
+			posted[submit(t, p)] = true
+		}
+		p.UpdateTail()
+		var bad [numKinds]uint64
+		completed := 0
+
+		for len(data) >= 1+CQESize {
+			ctl, raw := data[0], append([]byte(nil), data[1:1+CQESize]...)
+			data = data[1+CQESize:]
+			if ctl&1 == 0 {
+				raw[14] = raw[14]&^1 | b2u8(fc.phase) // bit 16 of DW3
+			}
+			c, _ := ParseCompletion(raw)
+			fresh := raw[14]&1 == b2u8(fc.phase)
+			fc.cqHead = p.head // the host frees entries as it reads them
+			fc.postRaw(raw)
+
+			got, ok, err := p.Next()
+			if !fresh {
+				if ok || err != nil {
+					t.Fatalf("stale-phase CQE %+v was consumed: %v %v", c, ok, err)
+				}
+				// The host did not consume it; undo so the ring stays in step.
+				fc.cqTail = (fc.cqTail + depth - 1) % depth
+				if fc.cqTail == depth-1 {
+					fc.phase = !fc.phase
+				}
+				continue
+			}
+			want := expectKind(c, id, depth, posted)
+			switch {
+			case want < 0:
+				if !ok || err != nil || got != c {
+					t.Fatalf("valid CQE %+v: Next = %+v, %v, %v", c, got, ok, err)
+				}
+				completed++
+				posted[c.CID] = false
+				// Recycle the slot so the next record has work to complete.
+				p.Release(c.CID)
+				posted[submit(t, p)] = true
+			default:
+				var ce *CQEError
+				if ok || !errors.As(err, &ce) || ce.Kind != CQEErrorKind(want) || ce.CQE != c {
+					t.Fatalf("CQE %+v (want kind %v): Next = %+v, %v, %v", c, CQEErrorKind(want), got, ok, err)
+				}
+				bad[want]++
+			}
+			if ctl&2 != 0 {
+				p.UpdateHead()
+			}
+			n := 0
+			for _, v := range posted {
+				if v {
+					n++
+				}
+			}
+			if p.Outstanding() != n || p.Free() != 0 {
+				t.Fatalf("pair has %d outstanding, %d free; model has %d posted, 0 free", p.Outstanding(), p.Free(), n)
+			}
+		}
+		if s := p.Stats(); s.BadCQEs != bad || s.Completed != uint64(completed) {
+			t.Fatalf("stats %+v, want bad %v completed %d", s, bad, completed)
+		}
+	})
+}
+
+// expectKind is the validation rule written out independently of Next:
+// -1 for a valid CQE, else the CQEErrorKind.
+func expectKind(c Completion, id uint16, depth int, posted map[uint16]bool) int {
+	switch {
+	case c.SQID != id:
+		return int(WrongSQID)
+	case int(c.CID) >= depth-1:
+		return int(UnknownCID)
+	case !posted[c.CID]:
+		return int(IdleCID)
+	case int(c.SQHead) >= depth:
+		return int(BadSQHead)
+	}
+	return -1
+}
+
+func b2u8(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
