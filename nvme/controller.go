@@ -1,0 +1,417 @@
+package nvme
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nvmepoll/nvmepoll/queue"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
+)
+
+// PageSize is the host memory page size nvmepoll configures (CC.MPS): 4 KiB,
+// which every controller supports and every PRP is built for.
+const PageSize = 4096
+
+// Options tune a Controller. The zero value (or nil) gives the defaults
+// documented on each field.
+type Options struct {
+	// AdminDepth is the admin queue depth (default 32, 2..4096).
+	AdminDepth int
+	// AdminTimeout bounds one admin command when its context has no
+	// earlier deadline (default 10 s).
+	AdminTimeout time.Duration
+	// IOTimeout bounds one synchronous I/O command (ReadAt, WriteBlocks...)
+	// when its context has no earlier deadline (default 30 s).
+	IOTimeout time.Duration
+	// ShutdownTimeout bounds the wait for CSTS.SHST "complete" on Close.
+	// Default: the controller's RTD3E if it reports one, else 10 s.
+	ShutdownTimeout time.Duration
+	// MaxTransfer caps the bytes one command moves; larger synchronous
+	// requests are split. The controller's MDTS caps it further.
+	// Default 2 MiB.
+	MaxTransfer int
+	// IOQueues is how many I/O queue pairs to ask the controller for with
+	// Set Features (Number of Queues). Default 16.
+	IOQueues int
+	// SyncQueues is how many queue pairs the synchronous API (ReadAt,
+	// WriteAt, ReadBlocks...) shares; that many synchronous calls run at
+	// once, the rest wait. Default 2.
+	SyncQueues int
+	// SyncDepth is the depth of those queue pairs (default 8).
+	SyncDepth int
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&r.AdminDepth, 32)
+	defDur(&r.AdminTimeout, 10*time.Second)
+	defDur(&r.IOTimeout, 30*time.Second)
+	def(&r.MaxTransfer, 2<<20)
+	def(&r.IOQueues, 16)
+	def(&r.SyncQueues, 2)
+	def(&r.SyncDepth, 8)
+	return r
+}
+
+// Controller is an enabled NVMe controller: its admin queue, the I/O queue
+// pairs made on it, and the namespaces it serves.
+//
+// Admin commands are serialised by a mutex (they are not a hot path). I/O
+// goes through QueuePairs; see NewQueuePair.
+type Controller struct {
+	dev    Device
+	opts   Options
+	cap    CAP
+	vs     VS
+	stride int // doorbell stride in bytes
+
+	adminMu  sync.Mutex
+	admin    *queue.Pair
+	adminSQ  dma.Buffer
+	adminCQ  dma.Buffer
+	adminBuf dma.Buffer // one page for Identify / log data, used under adminMu
+	// adminLost marks admin cids whose command timed out: the slot stays
+	// taken until the controller completes it (or forever).
+	adminLost []bool
+	closed    bool // under adminMu
+
+	id          *IdentifyController
+	maxTransfer int // bytes per command: min(MaxTransfer, MDTS)
+	sqGranted   int // I/O SQs the controller granted
+	cqGranted   int // I/O CQs the controller granted
+
+	qpMu  sync.Mutex
+	qids  []bool // qids[i]: I/O queue id i is in use (0 is admin)
+	pairs map[*QueuePair]struct{}
+
+	syncPairs chan *QueuePair // the synchronous API's queue pairs
+	syncPool  *Pool           // bounce buffers for the synchronous API
+
+	nsMu       sync.Mutex
+	namespaces map[uint32]*Namespace
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open brings up the controller behind dev (NVMe base spec 2.0, 3.5.1
+// "Memory-based Controller Initialization"): it checks CAP, disables the
+// controller, sets up the admin queue, enables it, identifies it and asks
+// for I/O queues. On success the Controller owns dev and closes it on Close;
+// on failure dev is closed too.
+func Open(dev Device, opts *Options) (*Controller, error) {
+	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}}
+	if err := c.bringUp(); err != nil {
+		c.teardown(false)
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Controller) bringUp() error {
+	lo, hi := c.dev.Read32(RegCAP), c.dev.Read32(RegCAP+4)
+	c.cap = CAP(uint64(hi)<<32 | uint64(lo))
+	if err := c.cap.Validate(); err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	if !c.cap.SupportsPageSize(PageSize) {
+		return fmt.Errorf("nvme: %v does not allow %d-byte pages: %w", c.cap, PageSize, ErrNotSupported)
+	}
+	vs := c.dev.Read32(RegVS)
+	if err := CheckRegister(RegVS, vs); err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	c.vs = VS(vs)
+	c.stride = c.cap.DoorbellStride()
+	if ps := c.dev.DMA().PageSize(); ps%PageSize != 0 {
+		return fmt.Errorf("nvme: DMA page size %d is not a multiple of %d: %w", ps, PageSize, ErrNotSupported)
+	}
+
+	if err := c.disable(); err != nil {
+		return err
+	}
+	if err := c.setupAdmin(); err != nil {
+		return err
+	}
+	cc, err := NewCC(PageSize)
+	if err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	cc = cc.WithAMS(0) // round robin
+	c.dev.Write32(RegCC, uint32(cc))
+	c.dev.Write32(RegCC, uint32(cc.WithEN(true)))
+	if err := c.waitReady(true); err != nil {
+		return err
+	}
+
+	ctx := context.Background()
+	id, err := c.IdentifyController(ctx)
+	if err != nil {
+		return err
+	}
+	c.id = id
+	c.maxTransfer = c.opts.MaxTransfer
+	if id.MDTS != 0 && id.MDTS < 32 {
+		if mdts := c.cap.MinPageSize() << id.MDTS; mdts < c.maxTransfer {
+			c.maxTransfer = mdts
+		}
+	}
+	c.maxTransfer = c.maxTransfer / PageSize * PageSize
+	if c.maxTransfer < PageSize {
+		return fmt.Errorf("nvme: maximum transfer %d bytes (MDTS %d, Options.MaxTransfer %d) is below one page: %w",
+			c.maxTransfer, id.MDTS, c.opts.MaxTransfer, ErrInvalidArgument)
+	}
+
+	sq, cq, err := c.SetNumberOfQueues(ctx, c.opts.IOQueues, c.opts.IOQueues)
+	if err != nil {
+		return err
+	}
+	c.sqGranted, c.cqGranted = sq, cq
+	n := min(sq, cq) + 1
+	c.qids = make([]bool, n)
+	c.qids[0] = true
+
+	nsync := min(c.opts.SyncQueues, n-1)
+	c.syncPairs = make(chan *QueuePair, nsync)
+	// One bounce buffer per synchronous queue pair, plus spares for
+	// commands abandoned after a timeout (they keep theirs until the
+	// controller answers).
+	c.syncPool, err = NewPool(c.dev.DMA(), nsync+2, c.maxTransfer)
+	if err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	for range nsync {
+		qp, err := c.NewQueuePair(c.opts.SyncDepth)
+		if err != nil {
+			return fmt.Errorf("nvme: creating queue pair for synchronous I/O: %w", err)
+		}
+		c.syncPairs <- qp
+	}
+	return nil
+}
+
+// disable clears CC.EN and waits for CSTS.RDY to clear, which resets the
+// controller's queues (3.5.1 step 1).
+func (c *Controller) disable() error {
+	cc := CC(c.dev.Read32(RegCC))
+	if err := CheckRegister(RegCC, uint32(cc)); err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	if !cc.EN() {
+		// Still wait: a controller being disabled by someone else may
+		// not have dropped RDY yet.
+		return c.waitReady(false)
+	}
+	c.dev.Write32(RegCC, uint32(cc.WithEN(false)))
+	return c.waitReady(false)
+}
+
+// waitReady polls CSTS until RDY equals want, for at most CAP.TO. While
+// enabling, CFS set means the controller will never become ready.
+func (c *Controller) waitReady(want bool) error {
+	timeout := c.cap.Timeout()
+	start := time.Now()
+	for i := 0; ; i++ {
+		csts := CSTS(c.dev.Read32(RegCSTS))
+		if AllOnes(uint32(csts)) {
+			return fmt.Errorf("nvme: waiting for CSTS.RDY=%d: %w", b2i(want), ErrDeviceGone)
+		}
+		if want && csts.CFS() {
+			return fmt.Errorf("nvme: enabling the controller: %v: %w", csts, ErrControllerFatal)
+		}
+		if csts.RDY() == want {
+			return nil
+		}
+		if time.Since(start) > timeout {
+			return fmt.Errorf("nvme: CSTS.RDY did not become %d within CAP.TO = %v (last %v): %w",
+				b2i(want), timeout, csts, ErrTimeout)
+		}
+		pause(i)
+	}
+}
+
+// pause is the wait between polls of a register that changes in
+// milliseconds: spin briefly, then sleep so a slow controller does not
+// burn a core.
+func pause(i int) {
+	switch {
+	case i < 64:
+		runtime.Gosched()
+	default:
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setupAdmin allocates the admin queue and points AQA/ASQ/ACQ at it.
+func (c *Controller) setupAdmin() error {
+	depth := c.opts.AdminDepth
+	if max := c.cap.MaxQueueEntries(); depth > max {
+		depth = max
+	}
+	aqa, err := MakeAQA(depth, depth)
+	if err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	a := c.dev.DMA()
+	if c.adminSQ, err = a.Alloc(depth * queue.SQESize); err != nil {
+		return fmt.Errorf("nvme: allocating admin SQ: %w", err)
+	}
+	if c.adminCQ, err = a.Alloc(depth * queue.CQESize); err != nil {
+		return fmt.Errorf("nvme: allocating admin CQ: %w", err)
+	}
+	if c.adminBuf, err = a.Alloc(PageSize); err != nil {
+		return fmt.Errorf("nvme: allocating admin data page: %w", err)
+	}
+	sqdb, err := c.dev.Doorbell(DoorbellOffset(0, false, c.stride))
+	if err != nil {
+		return fmt.Errorf("nvme: admin SQ doorbell: %w", err)
+	}
+	cqdb, err := c.dev.Doorbell(DoorbellOffset(0, true, c.stride))
+	if err != nil {
+		return fmt.Errorf("nvme: admin CQ doorbell: %w", err)
+	}
+	c.admin, err = queue.New(queue.Config{
+		ID: 0, Depth: depth, SQ: c.adminSQ, CQ: c.adminCQ, PageSize: PageSize,
+		SQTail: sqdb, CQHead: cqdb,
+	})
+	if err != nil {
+		return fmt.Errorf("nvme: admin queue: %w", err)
+	}
+	c.adminLost = make([]bool, depth)
+	c.dev.Write32(RegAQA, uint32(aqa))
+	c.write64(RegASQ, c.adminSQ.IOVA)
+	c.write64(RegACQ, c.adminCQ.IOVA)
+	return nil
+}
+
+// write64 writes a 64-bit register as two 32-bit stores, low half first.
+func (c *Controller) write64(off int, v uint64) {
+	c.dev.Write32(off, uint32(v))
+	c.dev.Write32(off+4, uint32(v>>32))
+}
+
+// CAP is the controller's capabilities register as read at Open.
+func (c *Controller) CAP() CAP { return c.cap }
+
+// Version is the controller's VS register as read at Open.
+func (c *Controller) Version() VS { return c.vs }
+
+// Identify is the Identify Controller data read at Open.
+func (c *Controller) Identify() *IdentifyController { return c.id }
+
+// MaxTransfer is the largest number of bytes one command moves: the
+// controller's MDTS, capped by Options.MaxTransfer.
+func (c *Controller) MaxTransfer() int { return c.maxTransfer }
+
+// QueuesGranted is how many I/O submission and completion queues the
+// controller granted at Open (Set Features, Number of Queues).
+func (c *Controller) QueuesGranted() (sq, cq int) { return c.sqGranted, c.cqGranted }
+
+// Status reads CSTS and returns an error if the controller is gone or has
+// reported a fatal error (CSTS.CFS).
+func (c *Controller) Status() error {
+	if err := CSTS(c.dev.Read32(RegCSTS)).Check(); err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	return nil
+}
+
+// Close shuts the controller down cleanly: it drains and deletes every
+// queue pair, sets CC.SHN to "normal" and waits for CSTS.SHST "complete"
+// (bounded by Options.ShutdownTimeout or RTD3E), then frees DMA memory and
+// closes the device. It is safe to call more than once.
+func (c *Controller) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.teardown(true) })
+	return c.closeErr
+}
+
+func (c *Controller) teardown(shutdown bool) error {
+	var errs []error
+	c.qpMu.Lock()
+	pairs := make([]*QueuePair, 0, len(c.pairs))
+	for qp := range c.pairs {
+		pairs = append(pairs, qp)
+	}
+	c.qpMu.Unlock()
+	for _, qp := range pairs {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
+		if err := qp.close(ctx, shutdown); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	if c.syncPool != nil {
+		errs = append(errs, c.syncPool.Close())
+	}
+	c.adminMu.Lock()
+	c.closed = true
+	c.adminMu.Unlock()
+	if shutdown {
+		errs = append(errs, c.shutdown())
+	}
+	a := c.dev.DMA()
+	for _, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {
+		if b.Len() > 0 {
+			errs = append(errs, a.Free(*b))
+			*b = dma.Buffer{}
+		}
+	}
+	errs = append(errs, c.dev.Close())
+	return errors.Join(errs...)
+}
+
+// shutdown asks for a normal shutdown (CC.SHN = 01b) and waits for
+// CSTS.SHST to say it is complete (3.6.1).
+func (c *Controller) shutdown() error {
+	timeout := c.opts.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+		if c.id != nil && c.id.RTD3E != 0 {
+			timeout = time.Duration(c.id.RTD3E) * time.Microsecond
+		}
+	}
+	cc := CC(c.dev.Read32(RegCC))
+	if AllOnes(uint32(cc)) {
+		return fmt.Errorf("nvme: shutdown: %w", ErrDeviceGone)
+	}
+	c.dev.Write32(RegCC, uint32(cc.WithSHN(ShutdownNormal)))
+	start := time.Now()
+	for i := 0; ; i++ {
+		csts := CSTS(c.dev.Read32(RegCSTS))
+		if AllOnes(uint32(csts)) {
+			return fmt.Errorf("nvme: waiting for shutdown: %w", ErrDeviceGone)
+		}
+		if csts.SHST() == ShutdownStatusComplete {
+			return nil
+		}
+		if time.Since(start) > timeout {
+			return fmt.Errorf("nvme: CSTS.SHST did not reach %v within %v (last %v): %w",
+				ShutdownStatusComplete, timeout, csts, ErrTimeout)
+		}
+		pause(i)
+	}
+}

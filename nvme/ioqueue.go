@@ -1,0 +1,548 @@
+package nvme
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/nvmepoll/nvmepoll/iopoll"
+	"github.com/nvmepoll/nvmepoll/queue"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
+)
+
+// QueuePair is one I/O submission queue and its own completion queue on the
+// controller, with the iopoll reap loop on top.
+//
+// A QueuePair is used by one goroutine at a time: Submit, SubmitBatch and
+// Poll take no lock of their own (only iopoll's short submitted-list lock),
+// which is what makes them cheap. Give each submitting goroutine its own
+// QueuePair; the synchronous Namespace API does that for you with a small
+// set of shared ones.
+type QueuePair struct {
+	c         *Controller
+	id        uint16
+	pair      *queue.Pair
+	ring      *iopoll.Ring
+	sq, cq    dma.Buffer
+	prp       dma.Buffer // listPages PRP list pages per slot
+	listPages int
+	// inflight[cid] is the request posted with that command id. A fixed
+	// array indexed by cid: the hot path never hashes or allocates.
+	inflight []*Request
+
+	idlePolls int // device polls without a completion, for the CSTS check
+	badCQEs   uint64
+	lastBad   error
+
+	closing   atomic.Bool // Submit refuses new work
+	dead      atomic.Bool // queues deleted: Reap fails what is left
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Request is one asynchronous command. The caller owns it: fill in the
+// fields, Submit it, and get it back in Done, called by Poll on the polling
+// goroutine. After Done returns (or from inside Done) it may be reused; it
+// must not be touched while in flight.
+type Request struct {
+	// ioreq must stay the first field: deliver turns the *iopoll.Request
+	// the ring hands back into the *Request around it.
+	ioreq iopoll.Request
+
+	// Opcode is NVMRead, NVMWrite, NVMCompare, NVMFlush, NVMWriteZeroes
+	// or NVMDatasetManagement.
+	Opcode NVMOpcode
+	// Namespace the command addresses.
+	Namespace *Namespace
+	// LBA is the first block (not used by Flush and Dataset Management).
+	LBA uint64
+	// Blocks is the number of blocks (1..65536). For Read, Write and
+	// Compare, 0 means Buf.Len()/BlockSize. For Dataset Management it is
+	// the number of 16-byte ranges in Buf (1..256).
+	Blocks int
+	// Buf is the data, in DMA memory (a Pool buffer, or a slice of one).
+	// It must start on a 4-byte boundary and hold Blocks blocks.
+	Buf dma.Buffer
+	// FUA (Force Unit Access) makes a Write durable before it completes.
+	FUA bool
+	// Done is called when the command has completed, with Err set. It runs
+	// on the goroutine that called Poll.
+	Done func(*Request)
+	// Tag is for the caller (a user id, an index); nvmepoll ignores it.
+	Tag uint64
+
+	// Err is nil on success, a *StatusError if the controller reported an
+	// error status (with NSID and LBA filled in), or ErrClosed if the queue
+	// pair was deleted with the command outstanding.
+	Err error
+	// DW0 is completion dword 0 (command specific).
+	DW0 uint32
+
+	qp        *QueuePair
+	cid       uint16
+	finished  bool  // set on delivery; for the synchronous path
+	abandoned bool  // the synchronous caller gave up (timeout)
+	bounce    *Pool // pool to return Buf to if abandoned
+}
+
+var _ [unsafe.Offsetof(Request{}.ioreq)]struct{} // must be 0 (see deliver)
+
+// NewQueuePair creates an I/O completion queue and submission queue of
+// depth entries (2 to CAP.MQES+1; depth-1 commands can be outstanding),
+// each slot with pre-mapped PRP list pages for the largest transfer.
+func (c *Controller) NewQueuePair(depth int) (*QueuePair, error) {
+	if max := c.cap.MaxQueueEntries(); depth < 2 || depth > max {
+		return nil, fmt.Errorf("nvme: %w: queue depth %d is outside 2..%d (CAP.MQES+1)", ErrInvalidArgument, depth, max)
+	}
+	qid, err := c.takeQID()
+	if err != nil {
+		return nil, err
+	}
+	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1)}
+	if err := q.setup(depth); err != nil {
+		q.free()
+		c.releaseQID(qid)
+		return nil, err
+	}
+	c.qpMu.Lock()
+	c.pairs[q] = struct{}{}
+	c.qpMu.Unlock()
+	return q, nil
+}
+
+func (c *Controller) takeQID() (uint16, error) {
+	c.qpMu.Lock()
+	defer c.qpMu.Unlock()
+	if c.qids == nil {
+		return 0, fmt.Errorf("nvme: controller %w", ErrClosed)
+	}
+	for i, used := range c.qids {
+		if !used {
+			c.qids[i] = true
+			return uint16(i), nil
+		}
+	}
+	return 0, fmt.Errorf("nvme: all %d I/O queue pairs the controller granted are in use: %w", len(c.qids)-1, ErrQueueFull)
+}
+
+func (c *Controller) releaseQID(qid uint16) {
+	c.qpMu.Lock()
+	if int(qid) < len(c.qids) {
+		c.qids[qid] = false
+	}
+	c.qpMu.Unlock()
+}
+
+func (q *QueuePair) setup(depth int) error {
+	c := q.c
+	a := c.dev.DMA()
+	var err error
+	if q.sq, err = a.Alloc(depth * queue.SQESize); err != nil {
+		return fmt.Errorf("nvme: allocating SQ %d: %w", q.id, err)
+	}
+	if q.cq, err = a.Alloc(depth * queue.CQESize); err != nil {
+		return fmt.Errorf("nvme: allocating CQ %d: %w", q.id, err)
+	}
+	// Room for the largest transfer starting at the worst offset in its
+	// first page.
+	q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
+	if q.listPages > 0 {
+		if q.prp, err = a.Alloc((depth - 1) * q.listPages * PageSize); err != nil {
+			return fmt.Errorf("nvme: allocating PRP lists for queue %d: %w", q.id, err)
+		}
+	}
+	sqdb, err := c.dev.Doorbell(DoorbellOffset(q.id, false, c.stride))
+	if err != nil {
+		return fmt.Errorf("nvme: SQ %d doorbell: %w", q.id, err)
+	}
+	cqdb, err := c.dev.Doorbell(DoorbellOffset(q.id, true, c.stride))
+	if err != nil {
+		return fmt.Errorf("nvme: CQ %d doorbell: %w", q.id, err)
+	}
+	q.pair, err = queue.New(queue.Config{
+		ID: q.id, Depth: depth, SQ: q.sq, CQ: q.cq, PageSize: PageSize, SQTail: sqdb, CQHead: cqdb,
+	})
+	if err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	ctx := context.Background()
+	if err := c.createIOCQ(ctx, q.id, depth, q.cq.IOVA); err != nil {
+		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
+	}
+	if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
+		if derr := c.deleteIOCQ(ctx, q.id); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
+	}
+	q.ring = iopoll.New(q, q.deliver)
+	return nil
+}
+
+func (q *QueuePair) free() {
+	a := q.c.dev.DMA()
+	for _, b := range []*dma.Buffer{&q.sq, &q.cq, &q.prp} {
+		if b.Len() > 0 {
+			a.Free(*b)
+			*b = dma.Buffer{}
+		}
+	}
+}
+
+// ID is the queue identifier of the SQ and CQ.
+func (q *QueuePair) ID() uint16 { return q.id }
+
+// Depth is the number of ring entries; Depth()-1 commands fit at once.
+func (q *QueuePair) Depth() int { return q.pair.Depth() }
+
+// Inflight is the number of submitted requests not yet delivered.
+func (q *QueuePair) Inflight() int { return q.ring.Inflight() }
+
+// Stats returns the queue's counters (posted, completed, doorbell writes,
+// rejected completion entries by kind).
+func (q *QueuePair) Stats() queue.Stats { return q.pair.Stats() }
+
+// Submit posts r and rings the SQ doorbell. When the queue is full it
+// returns ErrQueueFull at once (retryable: Poll, then submit again); the
+// request is then not in flight and Done will not be called. Other errors
+// name the bad field. Submit does not allocate.
+func (q *QueuePair) Submit(r *Request) error {
+	if err := q.post(r); err != nil {
+		return err
+	}
+	q.pair.UpdateTail()
+	return nil
+}
+
+// SubmitBatch posts requests in order and rings the doorbell once. It
+// returns how many were posted; on an error, reqs[n] is the one that failed
+// and it and the rest are not in flight.
+func (q *QueuePair) SubmitBatch(reqs []*Request) (int, error) {
+	n := 0
+	var err error
+	for _, r := range reqs {
+		if err = q.post(r); err != nil {
+			break
+		}
+		n++
+	}
+	q.pair.UpdateTail()
+	return n, err
+}
+
+func (q *QueuePair) post(r *Request) error {
+	if q.closing.Load() {
+		return ErrClosed
+	}
+	var cmd queue.Command
+	n, err := q.build(r, &cmd)
+	if err != nil {
+		return err
+	}
+	cid, err := q.pair.Acquire()
+	if err != nil {
+		return ErrQueueFull
+	}
+	if n > 0 {
+		list := dma.Buffer{}
+		if q.listPages > 0 {
+			list = q.prp.Slice(int(cid)*q.listPages*PageSize, q.listPages*PageSize)
+		}
+		cmd.PRP1, cmd.PRP2, err = buildPRP(r.Buf.IOVA, n, PageSize, list)
+		if err != nil {
+			q.pair.Release(cid)
+			return err
+		}
+	}
+	cmd.CID = cid
+	r.qp, r.cid, r.Err, r.DW0, r.finished = q, cid, nil, 0, false
+	q.inflight[cid] = r
+	if err := q.ring.Submitted(&r.ioreq); err != nil {
+		q.inflight[cid] = nil
+		q.pair.Release(cid)
+		return ErrClosed
+	}
+	q.pair.Post(&cmd)
+	return nil
+}
+
+// build checks r and fills cmd (all but CID and PRPs). It returns the
+// number of data bytes to describe with PRPs (0 for none).
+func (q *QueuePair) build(r *Request, cmd *queue.Command) (int, error) {
+	ns := r.Namespace
+	if ns == nil || ns.c != q.c {
+		return 0, fmt.Errorf("nvme: %w: request has no namespace of this controller", ErrInvalidArgument)
+	}
+	cmd.Opcode = uint8(r.Opcode)
+	cmd.NSID = ns.id
+	switch r.Opcode {
+	case NVMFlush:
+		return 0, nil
+	case NVMDatasetManagement:
+		if r.Blocks < 1 || r.Blocks > 256 {
+			return 0, fmt.Errorf("nvme: %w: Dataset Management with %d ranges (1..256)", ErrInvalidArgument, r.Blocks)
+		}
+		n := r.Blocks * 16
+		if r.Buf.Len() < n {
+			return 0, fmt.Errorf("nvme: %w: buffer of %d bytes is too small for %d ranges (%d bytes)", ErrInvalidArgument, r.Buf.Len(), r.Blocks, n)
+		}
+		cmd.CDW10 = uint32(r.Blocks - 1)
+		cmd.CDW11 = 1 << 2 // AD: deallocate
+		return n, nil
+	case NVMRead, NVMWrite, NVMCompare, NVMWriteZeroes:
+	default:
+		return 0, fmt.Errorf("nvme: %w: opcode %v is not supported by Submit", ErrInvalidArgument, r.Opcode)
+	}
+	blocks := r.Blocks
+	if blocks == 0 && r.Opcode != NVMWriteZeroes {
+		blocks = r.Buf.Len() >> ns.shift
+	}
+	if err := ns.checkRange(r.LBA, uint64(blocks)); err != nil {
+		return 0, err
+	}
+	if blocks > 65536 {
+		return 0, fmt.Errorf("nvme: %w: %d blocks in one command (at most 65536)", ErrInvalidArgument, blocks)
+	}
+	cmd.CDW10, cmd.CDW11 = uint32(r.LBA), uint32(r.LBA>>32)
+	cmd.CDW12 = uint32(blocks - 1)
+	if r.FUA {
+		cmd.CDW12 |= 1 << 30
+	}
+	if r.Opcode == NVMWriteZeroes {
+		return 0, nil
+	}
+	n := blocks << ns.shift
+	if r.Buf.Len() < n {
+		return 0, fmt.Errorf("nvme: %w: buffer of %d bytes is too small for %d blocks of %d bytes", ErrInvalidArgument, r.Buf.Len(), blocks, ns.blockSize)
+	}
+	if n > q.c.maxTransfer {
+		return 0, fmt.Errorf("nvme: %w: %d bytes in one command, the controller takes at most %d (MDTS)", ErrInvalidArgument, n, q.c.maxTransfer)
+	}
+	return n, nil
+}
+
+// Poll reaps completions and calls each finished request's Done: at least
+// min (spinning until then, or until nothing is in flight) and at most max.
+// min 0 checks once without spinning. It returns how many it delivered.
+func (q *QueuePair) Poll(min, max int) (int, error) {
+	return q.ring.Poll(min, max)
+}
+
+// PollContext is Poll that gives up with ctx.Err() when ctx is done.
+func (q *QueuePair) PollContext(ctx context.Context, min, max int) (int, error) {
+	return q.ring.PollContext(ctx, min, max)
+}
+
+// idleCheckEvery is how many empty device polls pass between two reads of
+// CSTS, so a dead controller turns into an error instead of a spin.
+const idleCheckEvery = 1 << 14
+
+// Reap implements iopoll.Completer: it takes every completion the
+// controller posted (up to max), matches it to its request by cid, and
+// rings the CQ head doorbell once. Invalid entries (unknown or duplicate
+// cid, bad SQ head) are counted and skipped; the command they should have
+// completed times out on the synchronous path.
+func (q *QueuePair) Reap(max int) (int, error) {
+	n := 0
+	for n < max {
+		cqe, ok, err := q.pair.Next()
+		if err != nil {
+			q.badCQEs++
+			q.lastBad = err
+			continue
+		}
+		if !ok {
+			break
+		}
+		q.finish(cqe.CID, cqe.Status, cqe.DW0)
+		n++
+	}
+	q.pair.UpdateHead()
+	if q.dead.Load() {
+		n += q.failAll()
+	}
+	if n > 0 {
+		q.idlePolls = 0
+		return n, nil
+	}
+	if q.idlePolls++; q.idlePolls%idleCheckEvery == 0 {
+		if err := q.c.Status(); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}
+
+func (q *QueuePair) finish(cid, status uint16, dw0 uint32) {
+	r := q.inflight[cid]
+	q.inflight[cid] = nil
+	q.pair.Release(cid)
+	if r == nil {
+		return
+	}
+	r.DW0 = dw0
+	if status != 0 {
+		r.Err = q.statusError(r, cid, status)
+	}
+	q.ring.Complete(&r.ioreq)
+}
+
+func (q *QueuePair) statusError(r *Request, cid, status uint16) error {
+	err := StatusFromCompletion(status, cid, uint8(r.Opcode), false)
+	if se, ok := err.(*StatusError); ok {
+		if r.Namespace != nil {
+			se.NSID = r.Namespace.id
+		}
+		switch r.Opcode {
+		case NVMRead, NVMWrite, NVMCompare, NVMWriteZeroes:
+			se.LBA, se.HasLBA = r.LBA, true
+		}
+	}
+	return err
+}
+
+// failAll completes every outstanding request with ErrClosed once the
+// queues are deleted: the controller will never answer them.
+func (q *QueuePair) failAll() int {
+	n := 0
+	for cid, r := range q.inflight {
+		if r == nil {
+			continue
+		}
+		q.inflight[cid] = nil
+		r.Err = fmt.Errorf("nvme: %v cid %d on queue %d: queue deleted with the command outstanding: %w", r.Opcode, cid, q.id, ErrClosed)
+		q.ring.Complete(&r.ioreq)
+		n++
+	}
+	return n
+}
+
+// deliver is the iopoll callback: it hands finished requests to their
+// owners.
+func (q *QueuePair) deliver(batch []*iopoll.Request) {
+	for _, ir := range batch {
+		r := (*Request)(unsafe.Pointer(ir)) // ioreq is Request's first field
+		r.finished = true
+		if r.abandoned {
+			// The synchronous caller gave up; the controller is done
+			// with the bounce buffer now.
+			if r.bounce != nil {
+				r.bounce.Put(r.Buf)
+			}
+			continue
+		}
+		if r.Done != nil {
+			r.Done(r)
+		}
+	}
+}
+
+// exec runs r synchronously: submit, then poll until it completes, ctx is
+// done or Options.IOTimeout passes. On a timeout the request is abandoned:
+// its slot (and bounce buffer, if any) stays with the controller until it
+// answers or the queue pair is closed.
+func (q *QueuePair) exec(ctx context.Context, r *Request) error {
+	ctx, cancel := context.WithTimeout(ctx, q.c.opts.IOTimeout)
+	defer cancel()
+	start := time.Now()
+	for {
+		err := q.Submit(r)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrQueueFull) {
+			return err
+		}
+		// Slots held by abandoned commands: reap and retry.
+		if _, err := q.ring.PollContext(ctx, 0, iopoll.Batch); err != nil {
+			return q.giveUp(r, err, start, false)
+		}
+		if ctx.Err() != nil {
+			return q.giveUp(r, ctx.Err(), start, false)
+		}
+	}
+	for !r.finished {
+		if _, err := q.ring.PollContext(ctx, 1, iopoll.Batch); err != nil {
+			if r.finished {
+				break
+			}
+			return q.giveUp(r, err, start, true)
+		}
+	}
+	return r.Err
+}
+
+func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) error {
+	what := fmt.Sprintf("nvme: %v nsid %d lba %d+%d on queue %d", r.Opcode, r.Namespace.id, r.LBA, r.Blocks, q.id)
+	if posted {
+		r.abandoned = true
+		what += fmt.Sprintf(" (cid %d)", r.cid)
+	}
+	if serr := q.c.Status(); serr != nil {
+		return fmt.Errorf("%s: %w", what, serr)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("no completion after %v: %w (%w)", time.Since(start).Round(time.Millisecond), ErrTimeout, err)
+	}
+	if q.badCQEs > 0 {
+		err = fmt.Errorf("%w (queue saw %d bad completion entries, last: %v)", err, q.badCQEs, q.lastBad)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Close drains the queue pair (waits for every request in flight, bounded
+// by Options.AdminTimeout), deletes the SQ and then the CQ, and frees their
+// memory. Requests the controller never completes are delivered with an
+// error wrapping ErrClosed. Call it from the goroutine that uses the pair.
+// It is safe to call more than once.
+func (q *QueuePair) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), q.c.opts.AdminTimeout)
+	defer cancel()
+	return q.close(ctx, true)
+}
+
+func (q *QueuePair) close(ctx context.Context, deleteQueues bool) error {
+	q.closeOnce.Do(func() { q.closeErr = q.doClose(ctx, deleteQueues) })
+	return q.closeErr
+}
+
+func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
+	c := q.c
+	q.closing.Store(true)
+	var errs []error
+	alive := c.Status() == nil
+	drainCtx := ctx
+	if !alive {
+		var cancel context.CancelFunc
+		drainCtx, cancel = context.WithTimeout(ctx, 0)
+		defer cancel()
+	}
+	if err := q.ring.Close(drainCtx); err != nil && alive {
+		errs = append(errs, fmt.Errorf("nvme: draining queue pair %d: %w", q.id, err))
+	}
+	if deleteQueues && alive {
+		bg := context.Background()
+		// Deleting the SQ aborts what is still outstanding; then the CQ.
+		if err := c.deleteIOSQ(bg, q.id); err != nil {
+			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
+		}
+		if err := c.deleteIOCQ(bg, q.id); err != nil {
+			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
+		}
+	}
+	// The controller will not answer anything still outstanding: fail it.
+	q.dead.Store(true)
+	if err := q.ring.Close(context.Background()); err != nil {
+		errs = append(errs, err)
+	}
+	q.free()
+	c.releaseQID(q.id)
+	c.qpMu.Lock()
+	delete(c.pairs, q)
+	c.qpMu.Unlock()
+	return errors.Join(errs...)
+}
