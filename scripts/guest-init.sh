@@ -90,6 +90,8 @@ while read -r role serial addr; do
 	esac
 done </etc/nvmepoll/devices
 
+# Tests that check QEMU-specific facts (vendor 1b36) key on this.
+export NVMEPOLL_GUEST=qemu
 export NVMEPOLL_TEST_DEVICE=$first
 export NVMEPOLL_TEST_DEVICES=${vfio_list#,}
 export NVMEPOLL_KERNEL_DEVICES=${kernel_list#,}

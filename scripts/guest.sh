@@ -373,10 +373,11 @@ cp "$busybox" "$root/bin/busybox"
 cp "$here/guest-init.sh" "$root/init"
 chmod 755 "$root/init" "$root/bin/busybox"
 : >"$root/etc/nvmepoll/modules"
-while IFS= read -r m; do
+order=$(module_order "$mdir" "${modules[@]}")
+for m in $order; do
 	cp "$mdir/$m" "$root/lib/modules/"
-	echo "$(basename "$m")" >>"$root/etc/nvmepoll/modules"
-done < <(module_order "$mdir" "${modules[@]}")
+	basename "$m" >>"$root/etc/nvmepoll/modules"
+done
 printf '%s' "$devices" >"$root/etc/nvmepoll/devices"
 for f in "${files[@]+"${files[@]}"}"; do
 	cp "${f%%:*}" "$root/payload/${f#*:}"
@@ -392,7 +393,7 @@ marker="nvmepoll-guest-exit-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
 echo "$marker" >"$root/etc/nvmepoll/marker"
 (cd "$root" && find . | cpio -o -H newc -R 0:0 --quiet) >"$tmp/initrd" || die "cpio failed"
 
-cmdline="console=ttyS0 intel_iommu=on panic=-1 loglevel=6 rdinit=/init$append"
+cmdline="console=ttyS0 intel_iommu=on panic=-1 loglevel=7 rdinit=/init$append"
 [[ $kernel_nvme == 1 ]] || cmdline+=" initcall_blacklist=nvme_init"
 
 # ---- run ---------------------------------------------------------------------------------------
