@@ -1,0 +1,829 @@
+package nvmetest
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nvmepoll/nvmepoll/queue"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
+)
+
+// Register offsets in BAR0 (NVMe base specification 2.0, section 3.1.4).
+const (
+	regCAP   = 0x00 // Controller Capabilities, 64-bit
+	regVS    = 0x08 // Version
+	regINTMS = 0x0c // Interrupt Mask Set
+	regINTMC = 0x10 // Interrupt Mask Clear
+	regCC    = 0x14 // Controller Configuration
+	regCSTS  = 0x1c // Controller Status
+	regNSSR  = 0x20 // NVM Subsystem Reset
+	regAQA   = 0x24 // Admin Queue Attributes
+	regASQ   = 0x28 // Admin Submission Queue Base Address, 64-bit
+	regACQ   = 0x30 // Admin Completion Queue Base Address, 64-bit
+	regDB    = 0x1000
+
+	// Version is the NVMe version the model reports in VS and Identify
+	// Controller VER: 1.4.0.
+	Version = 0x00010400
+
+	ccEN    = 1 << 0
+	cstsRDY = 1 << 0
+	cstsCFS = 1 << 1
+	// CSTS.SHST values (bits 3:2).
+	shstProcessing = 1 << 2
+	shstComplete   = 2 << 2
+	cstsNSSRO      = 1 << 4
+)
+
+// NamespaceConfig describes one namespace. Namespaces are numbered from 1 in
+// the order given.
+type NamespaceConfig struct {
+	// Blocks is the size in logical blocks. 0 means 64 MiB worth.
+	Blocks uint64
+	// LBAShift is log2 of the logical block size: 9 (512 bytes, the
+	// default when 0) or 12 (4096 bytes). Every namespace offers both as LBA
+	// formats 0 and 1; Format NVM switches between them.
+	LBAShift uint8
+}
+
+// Config sets up a Controller. The zero value is a usable controller; each
+// field documents its default.
+type Config struct {
+	// Namespaces to create. Default: one namespace of 64 MiB with 512-byte
+	// blocks (131072 blocks). Storage is sparse: only written 4 KiB chunks
+	// take memory, so a 1 TiB namespace is fine.
+	Namespaces []NamespaceConfig
+
+	// MQES is CAP.MQES, the largest queue size minus one. Default 2047.
+	MQES uint16
+	// TO is CAP.TO, the worst-case time to become ready, in 500 ms units.
+	// Default 1.
+	TO uint8
+	// MDTS is Identify Controller MDTS: the largest transfer is
+	// 2^MDTS * 4 KiB. Default 7 (512 KiB). Negative means no limit
+	// (reported as 0).
+	MDTS int
+	// MaxQueuePairs is the most I/O submission and completion queues the
+	// controller grants through Set Features Number of Queues, and the
+	// largest I/O queue id. Default 16. Set 1 to test a driver on a device
+	// like QEMU's max_ioqpairs=1.
+	MaxQueuePairs int
+
+	// SerialNumber, ModelNumber and FirmwareRevision are Identify
+	// Controller SN, MN and FR. Defaults "nvmetest-0001", "nvmepoll model",
+	// "1.0".
+	SerialNumber, ModelNumber, FirmwareRevision string
+
+	// SGL makes the controller advertise (Identify SGLS) and accept SGLs
+	// for I/O commands. Off by default, as on QEMU's controller.
+	SGL bool
+	// NoWriteCache removes the volatile write cache (Identify VWC = 0; Set
+	// Features Volatile Write Cache fails).
+	NoWriteCache bool
+	// ShadowDoorbells advertises and implements Doorbell Buffer Config
+	// (OACS bit 8): once configured, I/O queue doorbells are read from the
+	// shadow buffer and the EventIdx buffer says what the model has seen.
+	ShadowDoorbells bool
+
+	// Inline processes commands inside the doorbell write (Ring or
+	// Write32) on the caller's goroutine, which makes tests deterministic
+	// and benchmarks cheap. By default a worker goroutine processes them
+	// asynchronously, like hardware.
+	Inline bool
+
+	// ReadyDelay is how long after CC.EN goes 1 the controller sets
+	// CSTS.RDY. Default 0 (at once).
+	ReadyDelay time.Duration
+	// NeverReady keeps CSTS.RDY at 0 after enable, to test a bring-up
+	// bounded by CAP.TO.
+	NeverReady bool
+	// FailEnable makes every enable fail with CSTS.CFS set.
+	FailEnable bool
+	// ShutdownDelay is how long CSTS.SHST stays "processing" after a
+	// shutdown request. Default 0.
+	ShutdownDelay time.Duration
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMQES             = 2047
+	DefaultTO               = 1
+	DefaultMDTS             = 7
+	DefaultMaxQueuePairs    = 16
+	DefaultNamespaceBytes   = 64 << 20
+	DefaultSerialNumber     = "nvmetest-0001"
+	DefaultModelNumber      = "nvmepoll model"
+	DefaultFirmwareRevision = "1.0"
+
+	// VendorID is the PCI vendor id in Identify Controller VID and SSVID
+	// (Red Hat, as QEMU's emulated controller).
+	VendorID = 0x1b36
+	// MPSMax is CAP.MPSMAX: memory page sizes from 4 KiB to 64 KiB.
+	MPSMax = 4
+)
+
+// Controller is an in-process model of an NVMe controller on PCIe. It
+// implements the nvme.Device interface: BAR0 registers through Read32 and
+// Write32, doorbells, and DMA memory whose IOVAs the model translates.
+//
+// All its methods are safe for concurrent use.
+type Controller struct {
+	cfg Config
+	mem *Memory
+
+	mu     sync.Mutex
+	cap    uint64
+	cc     uint32
+	csts   uint32
+	aqa    uint32
+	intms  uint32
+	asq    uint64
+	acq    uint64
+	gen    uint64 // bumped on every reset; stale timers compare it
+	timers []*time.Timer
+
+	enableErr string
+	fatal     bool // CSTS.CFS injected or enable failed
+	gone      bool // device removed: registers read all ones
+	closed    bool
+	shutdown  bool // shutdown complete: no more commands
+
+	sqs []*subQueue // by qid; nil when absent
+	cqs []*compQueue
+
+	nsqa, ncqa int // granted I/O queues (Number of Queues), 1-based
+	queuesSet  bool
+	features   map[uint8]uint32
+	shadow     uint64 // Doorbell Buffer Config: shadow doorbell buffer IOVA
+	eventIdx   uint64 // and EventIdx buffer IOVA; 0 when not configured
+
+	namespaces []*Namespace
+
+	faults  []*Fault
+	pending []*pendingCmd
+	errLog  []errorEntry // newest last
+	errSeq  uint64
+	health  health
+	stats   Stats
+	scratch []byte
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+type subQueue struct {
+	id         uint16
+	size       uint32
+	base       uint64
+	cqid       uint16
+	head, tail uint32
+}
+
+type compQueue struct {
+	id         uint16
+	size       uint32
+	base       uint64
+	ien        bool
+	iv         uint16
+	head, tail uint32
+	phase      uint32
+	nsq        int // submission queues using it
+	backlog    []cqe
+}
+
+// free is how many entries can be posted before the CQ is full. A CQ of
+// size n holds at most n-1 entries: full is tail+1 == head.
+func (q *compQueue) free() int {
+	used := (q.tail + q.size - q.head) % q.size
+	return int(q.size - 1 - used)
+}
+
+type cqe struct {
+	dw0, dw1   uint32
+	sqhd, sqid uint16
+	cid        uint16
+	status     Status
+	wrongPhase bool
+}
+
+// New returns a controller with cfg, or an error naming a bad Config field.
+// Close it when done: that stops its worker and frees its DMA memory.
+func New(cfg Config) (*Controller, error) {
+	if cfg.MQES == 0 {
+		cfg.MQES = DefaultMQES
+	}
+	if cfg.TO == 0 {
+		cfg.TO = DefaultTO
+	}
+	if cfg.MDTS == 0 {
+		cfg.MDTS = DefaultMDTS
+	}
+	if cfg.MDTS > 15 {
+		return nil, fmt.Errorf("nvmetest: MDTS %d is above 15 (a 128 MiB transfer)", cfg.MDTS)
+	}
+	if cfg.MaxQueuePairs == 0 {
+		cfg.MaxQueuePairs = DefaultMaxQueuePairs
+	}
+	if cfg.MaxQueuePairs < 0 || cfg.MaxQueuePairs > 65535 {
+		return nil, fmt.Errorf("nvmetest: MaxQueuePairs %d is outside 1..65535", cfg.MaxQueuePairs)
+	}
+	if cfg.SerialNumber == "" {
+		cfg.SerialNumber = DefaultSerialNumber
+	}
+	if cfg.ModelNumber == "" {
+		cfg.ModelNumber = DefaultModelNumber
+	}
+	if cfg.FirmwareRevision == "" {
+		cfg.FirmwareRevision = DefaultFirmwareRevision
+	}
+	if len(cfg.Namespaces) == 0 {
+		cfg.Namespaces = []NamespaceConfig{{}}
+	}
+	c := &Controller{cfg: cfg, mem: newMemory()}
+	for i, nc := range cfg.Namespaces {
+		if nc.LBAShift == 0 {
+			nc.LBAShift = 9
+		}
+		if nc.LBAShift != 9 && nc.LBAShift != 12 {
+			return nil, fmt.Errorf("nvmetest: namespace %d: LBAShift %d is neither 9 (512 B) nor 12 (4 KiB)", i+1, nc.LBAShift)
+		}
+		if nc.Blocks == 0 {
+			nc.Blocks = DefaultNamespaceBytes >> nc.LBAShift
+		}
+		if nc.Blocks > 1<<52>>nc.LBAShift {
+			return nil, fmt.Errorf("nvmetest: namespace %d: %d blocks is more than the model's 4 PiB", i+1, nc.Blocks)
+		}
+		c.namespaces = append(c.namespaces, newNamespace(c, uint32(i+1), nc))
+	}
+	c.cap = uint64(cfg.MQES) | 1<<16 | uint64(cfg.TO)<<24 | 1<<37 | uint64(MPSMax)<<52
+	c.resetLocked()
+	if !cfg.Inline {
+		c.wake = make(chan struct{}, 1)
+		c.stop = make(chan struct{})
+		c.done = make(chan struct{})
+		go c.worker()
+	}
+	return c, nil
+}
+
+// NewController is New for tests: with a non-nil t it fails the test on a
+// bad Config and closes the controller in t.Cleanup (failing the test if
+// Close does); with a nil t it panics on a bad Config, as httptest.NewServer
+// does when it cannot listen.
+func NewController(t testing.TB, cfg Config) *Controller {
+	if t != nil {
+		t.Helper()
+	}
+	c, err := New(cfg)
+	if err != nil {
+		if t == nil {
+			panic(err)
+		}
+		t.Fatal(err)
+	}
+	if t != nil {
+		t.Cleanup(func() {
+			if err := c.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	return c
+}
+
+// Close stops the worker, cancels pending timers and frees all DMA memory.
+// Afterwards registers read all ones, like a removed device. Safe to call
+// more than once.
+func (c *Controller) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.stopTimersLocked()
+	c.mu.Unlock()
+	if c.stop != nil {
+		close(c.stop)
+		<-c.done
+	}
+	return c.mem.close()
+}
+
+// DMA returns the model's allocator. Its buffers live until Free or Close.
+func (c *Controller) DMA() dma.Allocator { return c.mem }
+
+// Memory is DMA with its concrete type, for Faults and Mapped.
+func (c *Controller) Memory() *Memory { return c.mem }
+
+// DMAFaults is the number of controller accesses to unmapped IOVAs. Such
+// accesses succeed silently, as on QEMU; tests should assert this is 0.
+func (c *Controller) DMAFaults() uint64 { return c.mem.Faults() }
+
+// Config returns the configuration with defaults filled in.
+func (c *Controller) Config() Config { return c.cfg }
+
+// EnableError says why the last enable failed (CSTS.CFS), or "".
+func (c *Controller) EnableError() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.enableErr
+}
+
+func (c *Controller) worker() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+		}
+		c.mu.Lock()
+		c.runLocked()
+		c.mu.Unlock()
+	}
+}
+
+// kickLocked makes the controller look at its queues: at once when inline,
+// else by waking the worker. The caller holds mu.
+func (c *Controller) kickLocked() {
+	if c.cfg.Inline {
+		c.runLocked()
+		return
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Read32 reads the 32-bit register at off. Unknown and write-only registers
+// read 0; a removed (or closed) device reads all ones.
+func (c *Controller) Read32(off int) uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.closed {
+		return 0xffffffff
+	}
+	switch off {
+	case regCAP:
+		return uint32(c.cap)
+	case regCAP + 4:
+		return uint32(c.cap >> 32)
+	case regVS:
+		return Version
+	case regINTMS, regINTMC:
+		return c.intms
+	case regCC:
+		return c.cc
+	case regCSTS:
+		s := c.csts
+		if c.fatal {
+			s |= cstsCFS
+		}
+		return s
+	case regAQA:
+		return c.aqa
+	case regASQ:
+		return uint32(c.asq)
+	case regASQ + 4:
+		return uint32(c.asq >> 32)
+	case regACQ:
+		return uint32(c.acq)
+	case regACQ + 4:
+		return uint32(c.acq >> 32)
+	}
+	return 0
+}
+
+// Write32 writes the 32-bit register at off; offsets from 0x1000 are
+// doorbells. Writes to read-only or unknown registers are ignored.
+func (c *Controller) Write32(off int, v uint32) {
+	if off >= regDB {
+		c.ring(off, v)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.closed {
+		return
+	}
+	switch off {
+	case regINTMS:
+		c.intms |= v
+	case regINTMC:
+		c.intms &^= v
+	case regCC:
+		c.writeCCLocked(v)
+	case regNSSR:
+		if v == 0x4e564d65 { // "NVMe": NVM subsystem reset
+			c.resetLocked()
+			c.csts |= cstsNSSRO
+		}
+	case regAQA:
+		c.aqa = v & 0x0fff0fff
+	case regASQ:
+		c.asq = c.asq&^0xffffffff | uint64(v)
+	case regASQ + 4:
+		c.asq = c.asq&0xffffffff | uint64(v)<<32
+	case regACQ:
+		c.acq = c.acq&^0xffffffff | uint64(v)
+	case regACQ + 4:
+		c.acq = c.acq&0xffffffff | uint64(v)<<32
+	}
+}
+
+func (c *Controller) writeCCLocked(v uint32) {
+	old := c.cc
+	c.cc = v & 0x01fffff1
+	switch {
+	case old&ccEN == 0 && v&ccEN != 0:
+		c.enableLocked()
+	case old&ccEN != 0 && v&ccEN == 0:
+		c.resetLocked()
+	}
+	if shn := v >> 14 & 3; shn != 0 && old>>14&3 == 0 && c.cc&ccEN != 0 {
+		c.csts = c.csts&^(3<<2) | shstProcessing
+		gen := c.gen
+		finish := func() {
+			c.shutdown = true
+			c.csts = c.csts&^(3<<2) | shstComplete
+		}
+		if c.cfg.ShutdownDelay == 0 {
+			finish()
+		} else {
+			c.afterLocked(c.cfg.ShutdownDelay, func() {
+				if c.gen == gen {
+					finish()
+				}
+			})
+		}
+	}
+}
+
+// enableLocked validates CC and the admin queue registers; if they are good
+// the admin queues exist and RDY follows after ReadyDelay, otherwise CFS.
+func (c *Controller) enableLocked() {
+	if err := c.checkEnableLocked(); err != "" {
+		c.enableErr = err
+		c.fatal = true
+		return
+	}
+	c.enableErr = ""
+	c.sqs[0] = &subQueue{id: 0, size: c.aqa&0xfff + 1, base: c.asq, cqid: 0}
+	c.cqs[0] = &compQueue{id: 0, size: c.aqa>>16&0xfff + 1, base: c.acq, phase: 1, nsq: 1}
+	if c.cfg.NeverReady {
+		return
+	}
+	gen := c.gen
+	ready := func() {
+		if c.gen == gen && c.cc&ccEN != 0 {
+			c.csts |= cstsRDY
+			c.runLocked()
+		}
+	}
+	if c.cfg.ReadyDelay == 0 {
+		ready()
+		return
+	}
+	c.afterLocked(c.cfg.ReadyDelay, ready)
+}
+
+func (c *Controller) checkEnableLocked() string {
+	cc := c.cc
+	switch {
+	case c.cfg.FailEnable:
+		return "enable fails (Config.FailEnable)"
+	case cc>>4&7 != 0:
+		return fmt.Sprintf("CC.CSS %d is not 0 (NVM command set)", cc>>4&7)
+	case cc>>7&0xf > MPSMax:
+		return fmt.Sprintf("CC.MPS %d is above CAP.MPSMAX %d", cc>>7&0xf, MPSMax)
+	case cc>>11&7 != 0:
+		return fmt.Sprintf("CC.AMS %d is not 0 (round robin)", cc>>11&7)
+	case cc>>16&0xf != 6:
+		return fmt.Sprintf("CC.IOSQES %d is not 6 (64-byte SQEs)", cc>>16&0xf)
+	case cc>>20&0xf != 4:
+		return fmt.Sprintf("CC.IOCQES %d is not 4 (16-byte CQEs)", cc>>20&0xf)
+	case c.aqa&0xfff == 0 || c.aqa>>16&0xfff == 0:
+		return fmt.Sprintf("AQA %#x: admin queues need at least 2 entries", c.aqa)
+	case c.asq == 0 || c.asq%uint64(c.pageSize()) != 0:
+		return fmt.Sprintf("ASQ %#x is not a page-aligned address", c.asq)
+	case c.acq == 0 || c.acq%uint64(c.pageSize()) != 0:
+		return fmt.Sprintf("ACQ %#x is not a page-aligned address", c.acq)
+	}
+	return ""
+}
+
+// resetLocked is a controller reset: queues, pending commands, features and
+// status go; namespaces, logs and counters stay.
+func (c *Controller) resetLocked() {
+	c.stopTimersLocked()
+	c.gen++
+	c.csts = 0
+	c.fatal = false
+	c.shutdown = false
+	c.sqs = make([]*subQueue, c.cfg.MaxQueuePairs+1)
+	c.cqs = make([]*compQueue, c.cfg.MaxQueuePairs+1)
+	c.pending = nil
+	c.nsqa, c.ncqa = c.cfg.MaxQueuePairs, c.cfg.MaxQueuePairs
+	c.queuesSet = false
+	c.shadow, c.eventIdx = 0, 0
+	c.features = map[uint8]uint32{
+		fidArbitration:    0,
+		fidPowerMgmt:      0,
+		fidTempThreshold:  0x0157, // 343 K
+		fidErrorRecovery:  0,
+		fidWriteCache:     0,
+		fidIRQCoalescing:  0,
+		fidIRQConfig:      0,
+		fidWriteAtomicity: 0,
+		fidAsyncEvent:     0,
+	}
+	if !c.cfg.NoWriteCache {
+		c.features[fidWriteCache] = 1
+	}
+}
+
+// afterLocked runs f with mu held after d, unless the controller is reset or
+// closed first.
+func (c *Controller) afterLocked(d time.Duration, f func()) {
+	gen := c.gen
+	t := time.AfterFunc(d, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.closed || c.gen != gen {
+			return
+		}
+		f()
+	})
+	c.timers = append(c.timers, t)
+}
+
+func (c *Controller) stopTimersLocked() {
+	for _, t := range c.timers {
+		t.Stop()
+	}
+	c.timers = nil
+	for _, p := range c.pending {
+		if p.timer != nil {
+			p.timer.Stop()
+		}
+	}
+}
+
+func (c *Controller) pageSize() int { return 4096 << (c.cc >> 7 & 0xf) }
+
+// doorbell is one doorbell register; Ring is Write32 at its offset.
+type doorbell struct {
+	c   *Controller
+	off int
+}
+
+func (d doorbell) Ring(v uint32) { d.c.ring(d.off, v) }
+
+// Doorbell returns the doorbell at off: 0x1000 + (2*qid + isCQ) * 4 (the
+// model's CAP.DSTRD is 0). It fails for offsets that are not a doorbell of a
+// queue id up to MaxQueuePairs.
+func (c *Controller) Doorbell(off int) (queue.Doorbell, error) {
+	idx := (off - regDB) / 4
+	if off < regDB || off%4 != 0 || idx/2 > c.cfg.MaxQueuePairs {
+		return nil, fmt.Errorf("nvmetest: offset %#x is not a doorbell (0x1000 + 4*n for queue ids 0..%d)", off, c.cfg.MaxQueuePairs)
+	}
+	return doorbell{c: c, off: off}, nil
+}
+
+// ring handles a doorbell write. A write that names no existing queue or a
+// value out of range is ignored and counted in Stats.InvalidDoorbellWrites
+// (a real controller would post an asynchronous event).
+func (c *Controller) ring(off int, v uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.closed {
+		return
+	}
+	idx := (off - regDB) / 4
+	qid := idx / 2
+	if off%4 != 0 || qid >= len(c.sqs) {
+		c.stats.InvalidDoorbellWrites++
+		return
+	}
+	if idx%2 == 0 {
+		sq := c.sqs[qid]
+		if sq == nil || v >= sq.size {
+			c.stats.InvalidDoorbellWrites++
+			return
+		}
+		c.stats.SQDoorbellWrites++
+		sq.tail = v
+	} else {
+		cq := c.cqs[qid]
+		if cq == nil || !cq.headOK(v) {
+			c.stats.InvalidDoorbellWrites++
+			return
+		}
+		c.stats.CQDoorbellWrites++
+		cq.head = v
+	}
+	c.kickLocked()
+}
+
+// headOK reports whether v is a head the host may write: it can consume
+// only entries the controller posted.
+func (q *compQueue) headOK(v uint32) bool {
+	if v >= q.size {
+		return false
+	}
+	posted := (q.tail + q.size - q.head) % q.size
+	return (v+q.size-q.head)%q.size <= posted
+}
+
+func (c *Controller) processingLocked() bool {
+	return c.csts&cstsRDY != 0 && !c.fatal && !c.gone && !c.closed && !c.shutdown
+}
+
+// runLocked posts what waits for CQ space and executes commands until no
+// queue makes progress. Each SQ gets at most a batch per round, so one busy
+// queue cannot starve the others (round-robin arbitration).
+func (c *Controller) runLocked() {
+	for {
+		progress := false
+		c.readShadowLocked()
+		for _, cq := range c.cqs {
+			if cq != nil && len(cq.backlog) > 0 && c.drainLocked(cq) {
+				progress = true
+			}
+		}
+		if !c.processingLocked() {
+			return
+		}
+		for qid := range c.sqs {
+			for n := 0; n < 64; n++ {
+				sq := c.sqs[qid]
+				if sq == nil || sq.head == sq.tail || !c.processingLocked() {
+					break
+				}
+				cq := c.cqs[sq.cqid]
+				if cq.free() <= len(cq.backlog) {
+					break // wait for the host to consume completions
+				}
+				c.fetchLocked(sq)
+				progress = true
+			}
+		}
+		if !progress {
+			c.writeEventIdxLocked()
+			return
+		}
+	}
+}
+
+// fetchLocked reads the SQE at the head of sq and runs it.
+func (c *Controller) fetchLocked(sq *subQueue) {
+	var b [64]byte
+	c.mem.read(sq.base+uint64(sq.head)*64, b[:])
+	sq.head = (sq.head + 1) % sq.size
+	cmd := decodeCommand(b[:])
+	cmd.SQID = sq.id
+	if sq.id == 0 {
+		c.stats.AdminCommands[cmd.Opcode]++
+	} else {
+		c.stats.IOCommands[cmd.Opcode]++
+	}
+	c.submitLocked(&cmd, uint16(sq.head))
+}
+
+// postLocked queues a completion on the CQ of the command's SQ and posts
+// what fits.
+func (c *Controller) postLocked(e cqe) {
+	if int(e.sqid) >= len(c.sqs) || c.sqs[e.sqid] == nil {
+		return // the SQ was deleted while the command was pending
+	}
+	cq := c.cqs[c.sqs[e.sqid].cqid]
+	cq.backlog = append(cq.backlog, e)
+	c.drainLocked(cq)
+}
+
+// drainLocked writes backlog entries into cq while it has room: DW0-DW2
+// first, then DW3 (status, phase, cid) with one atomic store, so a host that
+// sees the new phase sees the whole entry.
+func (c *Controller) drainLocked(cq *compQueue) bool {
+	n := 0
+	for len(cq.backlog) > 0 && cq.free() > 0 {
+		e := cq.backlog[0]
+		cq.backlog = cq.backlog[1:]
+		at := cq.base + uint64(cq.tail)*16
+		var b [12]byte
+		le.PutUint32(b[0:], e.dw0)
+		le.PutUint32(b[4:], e.dw1)
+		le.PutUint32(b[8:], uint32(e.sqhd)|uint32(e.sqid)<<16)
+		c.mem.write(at, b[:])
+		phase := cq.phase
+		if e.wrongPhase {
+			phase ^= 1
+		}
+		c.mem.store32(at+12, uint32(e.status&0x7fff)<<17|phase<<16|uint32(e.cid))
+		cq.tail++
+		if cq.tail == cq.size {
+			cq.tail = 0
+			cq.phase ^= 1
+		}
+		c.stats.CQEsPosted++
+		n++
+	}
+	if len(cq.backlog) == 0 {
+		cq.backlog = nil
+	}
+	return n > 0
+}
+
+// SetGone makes the device disappear (true) or come back (false): while
+// gone every register reads all ones, writes are ignored and nothing is
+// processed, as after a surprise removal.
+func (c *Controller) SetGone(gone bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gone = gone
+	if !gone {
+		c.kickLocked()
+	}
+}
+
+// SetFatal sets CSTS.CFS (controller fatal status) and stops processing
+// until the host resets the controller (CC.EN 1 -> 0).
+func (c *Controller) SetFatal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fatal = true
+}
+
+// Stats is a snapshot of the model's counters.
+type Stats struct {
+	// AdminCommands and IOCommands count fetched commands by opcode.
+	AdminCommands, IOCommands [256]uint64
+	// SQDoorbellWrites and CQDoorbellWrites count accepted doorbell writes
+	// (MMIO, not shadow); InvalidDoorbellWrites counts ignored ones (no
+	// such queue, value out of range, CQ head past the tail).
+	SQDoorbellWrites, CQDoorbellWrites, InvalidDoorbellWrites uint64
+	// CQEsPosted counts completion entries written, duplicates included.
+	CQEsPosted uint64
+	// Errors counts completions with a non-zero status.
+	Errors uint64
+	// DMAFaults counts accesses to unmapped IOVAs (see Memory).
+	DMAFaults uint64
+}
+
+// Stats returns the counters so far.
+func (c *Controller) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.DMAFaults = c.mem.Faults()
+	return s
+}
+
+// QueueInfo describes an existing queue, for tests that check what the
+// driver created.
+type QueueInfo struct {
+	ID       uint16
+	Size     int    // entries
+	Base     uint64 // IOVA
+	CQID     uint16 // for a submission queue: its completion queue
+	IRQ      bool   // for a completion queue: interrupts enabled
+	IRQVec   uint16
+	Head     int
+	Tail     int
+	Backlog  int // completions waiting for room (completion queue)
+	Pending  int // commands held by injected delays (submission queue)
+	IsSQ     bool
+}
+
+// SubmissionQueue reports the submission queue qid, if it exists.
+func (c *Controller) SubmissionQueue(qid uint16) (QueueInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if int(qid) >= len(c.sqs) || c.sqs[qid] == nil {
+		return QueueInfo{}, false
+	}
+	q := c.sqs[qid]
+	n := 0
+	for _, p := range c.pending {
+		if p.cmd.SQID == qid {
+			n++
+		}
+	}
+	return QueueInfo{ID: q.id, Size: int(q.size), Base: q.base, CQID: q.cqid, Head: int(q.head), Tail: int(q.tail), Pending: n, IsSQ: true}, true
+}
+
+// CompletionQueue reports the completion queue qid, if it exists.
+func (c *Controller) CompletionQueue(qid uint16) (QueueInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if int(qid) >= len(c.cqs) || c.cqs[qid] == nil {
+		return QueueInfo{}, false
+	}
+	q := c.cqs[qid]
+	return QueueInfo{ID: q.id, Size: int(q.size), Base: q.base, IRQ: q.ien, IRQVec: q.iv, Head: int(q.head), Tail: int(q.tail), Backlog: len(q.backlog)}, true
+}
