@@ -2,8 +2,8 @@ package nvme
 
 import (
 	"context"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
