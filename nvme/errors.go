@@ -45,6 +45,11 @@ var (
 	// and the value.
 	ErrOutOfSpec = errors.New("device data out of spec")
 
+	// ErrNamespaceInactive: Identify Namespace returned an all-zero page,
+	// which is how a controller answers for an NSID that is valid (at most
+	// NN) but not active (not created or not attached).
+	ErrNamespaceInactive = errors.New("namespace not active")
+
 	// ErrNotSupported: the controller does not offer a feature nvmepoll
 	// needs or the caller asked for (a command set, an optional command).
 	ErrNotSupported = errors.New("not supported by the controller")
