@@ -481,6 +481,13 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 	if posted {
 		r.abandoned = true
 		what += fmt.Sprintf(" (cid %d)", r.cid)
+		// Ask the controller to abort it, so the slot comes back soon
+		// rather than at Close. Best effort: many controllers decline.
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if aborted, aerr := q.c.Abort(actx, q.id, r.cid); aerr == nil && aborted {
+			q.ring.Poll(0, iopoll.Batch)
+		}
+		cancel()
 	}
 	if serr := q.c.Status(); serr != nil {
 		return fmt.Errorf("%s: %w", what, serr)
@@ -521,9 +528,10 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 		drainCtx, cancel = context.WithTimeout(ctx, 0)
 		defer cancel()
 	}
-	if err := q.ring.Close(drainCtx); err != nil && alive {
-		errs = append(errs, fmt.Errorf("nvme: draining queue pair %d: %w", q.id, err))
-	}
+	// A drain that runs out of time is not an error by itself: deleting
+	// the SQ below makes the controller abort what it still holds, and
+	// whatever it never answers is failed with ErrClosed to its owner.
+	q.ring.Close(drainCtx)
 	if deleteQueues && alive {
 		bg := context.Background()
 		// Deleting the SQ aborts what is still outstanding; then the CQ.
