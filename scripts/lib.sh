@@ -1,0 +1,26 @@
+# lib.sh: helpers shared by scripts/test.sh and scripts/demo.sh (sourced, not run).
+
+# Go lives in /usr/local/go on these machines; CI's PATH may not have it.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+	export PATH=$PATH:/usr/local/go/bin
+fi
+command -v go >/dev/null || {
+	echo "$(basename "$0"): go not found (want Go 1.26 on PATH or in /usr/local/go)" >&2
+	exit 1
+}
+
+# The controllers every guest run starts, in one place so tests can rely on them by serial
+# (testDeviceBySerial in hwtest/harness_test.go):
+#   nvmepoll0  plain controller, one 64 MiB namespace with 512 B blocks (NVMEPOLL_TEST_DEVICE)
+#   mdts2      MDTS=2: at most 4 pages per command, so transfers must be split
+#   oneq       max_ioqpairs=1: a single I/O queue pair
+#   lbaf       no disk of its own; namespace 1 with 512 B blocks, namespace 2 with 4 KiB blocks
+guest_topology=(
+	--nvme nvmepoll0
+	--nvme mdts2,mdts=2
+	--nvme oneq,max_ioqpairs=1
+	--disk lbaf512=32M --disk lbaf4k=32M
+	--qemu-arg -device --qemu-arg nvme,id=lbaf,serial=lbaf
+	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf512,nsid=1,logical_block_size=512,physical_block_size=512
+	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf4k,nsid=2,logical_block_size=4096,physical_block_size=4096
+)

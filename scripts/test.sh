@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# test.sh runs every check CI runs, on a fresh machine too (it installs what it needs):
+#
+#   1. gofmt -l     no unformatted Go files
+#   2. go vet ./...
+#   3. hwtest       builds ./hwtest's test binary and runs it with -test.v in a QEMU guest
+#                   (scripts/guest.sh) against emulated NVMe controllers bound to vfio-pci; fails
+#                   if the guest run fails, if no test passed, or if every test skipped
+#   4. go test -race ./...   last, so its closing lines close the output
+#
+# Every stage runs even when an earlier one failed; the exit status is 1 if any failed.
+#
+# Usage: bash scripts/test.sh [-run REGEXP]   (-run is passed to the hwtest binary)
+# Environment: NVMEPOLL_GUEST_TIMEOUT (seconds for the guest run, default 1800),
+# HWTEST_FLAGS (extra flags for the hwtest binary, e.g. "-test.run TestFoo -test.count 2").
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib.sh
+
+hwflags=(${HWTEST_FLAGS:-})
+if [[ ${1:-} == -run ]]; then
+	[[ $# -ge 2 ]] || { echo "test.sh: -run needs a regexp" >&2; exit 2; }
+	hwflags+=(-test.run "$2")
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/nvmepoll-test.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+t0=$SECONDS
+failed=()
+summary=()
+# stage NAME COMMAND...: run one stage, record its verdict and wall time.
+stage() {
+	local name=$1 start=$SECONDS rc=0
+	shift
+	echo
+	echo "==> $name"
+	"$@" || rc=$?
+	local took=$((SECONDS - start))
+	if [[ $rc == 0 ]]; then
+		summary+=("$(printf '%-8s ok    %4ds' "$name" "$took")")
+	else
+		summary+=("$(printf '%-8s FAIL  %4ds' "$name" "$took")")
+		failed+=("$name")
+	fi
+	echo "==> $name: $([[ $rc == 0 ]] && echo ok || echo "FAIL (status $rc)") in ${took}s"
+}
+
+check_gofmt() {
+	local bad
+	bad=$(gofmt -l $(git ls-files --cached --others --exclude-standard '*.go'))
+	[[ -z $bad ]] && return 0
+	echo "gofmt -l: these files need gofmt -w:"
+	echo "$bad"
+	return 1
+}
+
+# go test -race needs cgo, which needs a C compiler.
+ensure_cc() {
+	command -v gcc >/dev/null && return 0
+	echo "installing gcc for go test -race"
+	DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev </dev/null
+}
+
+run_hwtest() {
+	CGO_ENABLED=0 go test -c -o "$tmp/hwtest.test" ./hwtest || { echo "building the hwtest binary failed"; return 1; }
+	local rc=0
+	bash scripts/guest.sh --timeout "${NVMEPOLL_GUEST_TIMEOUT:-1800}" --mem 2048 \
+		"${guest_topology[@]}" --env NVMEPOLL_REQUIRE_DEVICE=1 \
+		--file "$tmp/hwtest.test" -- \
+		hwtest.test -test.v -test.count=1 -test.timeout=25m "${hwflags[@]+"${hwflags[@]}"}" 2>&1 | tee "$tmp/hwtest.out"
+	rc=${PIPESTATUS[0]}
+	local pass fail skip
+	pass=$(grep -cE '^ *--- PASS' "$tmp/hwtest.out")
+	fail=$(grep -cE '^ *--- FAIL' "$tmp/hwtest.out")
+	skip=$(grep -cE '^ *--- SKIP' "$tmp/hwtest.out")
+	echo "hwtest in the guest: $pass passed, $fail failed, $skip skipped (tests and subtests)"
+	if [[ $rc != 0 ]]; then
+		echo "hwtest: the guest run failed with status $rc"
+		return 1
+	fi
+	if [[ $pass == 0 ]]; then
+		echo "hwtest: no test passed in the guest (ran none, or all skipped): the hardware tests did not run"
+		return 1
+	fi
+	if [[ $fail != 0 ]]; then
+		echo "hwtest: $fail failures reported although the binary exited 0"
+		return 1
+	fi
+}
+
+stage gofmt check_gofmt
+stage vet go vet ./...
+stage hwtest run_hwtest
+stage cc ensure_cc
+
+echo
+echo "==> summary so far (wall time):"
+printf '    %s\n' "${summary[@]}"
+echo "==> go test -race ./... (from +$((SECONDS - t0))s) runs last so that its closing lines end this"
+echo "    output; it prints its own per-package times. The exit status also covers the stages"
+echo "    above${failed[*]:+ (failed: ${failed[*]})}."
+echo
+go test -race ./... || failed+=("go-test")
+[[ ${#failed[@]} == 0 ]]
