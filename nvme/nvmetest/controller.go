@@ -787,17 +787,17 @@ func (c *Controller) Stats() Stats {
 // QueueInfo describes an existing queue, for tests that check what the
 // driver created.
 type QueueInfo struct {
-	ID       uint16
-	Size     int    // entries
-	Base     uint64 // IOVA
-	CQID     uint16 // for a submission queue: its completion queue
-	IRQ      bool   // for a completion queue: interrupts enabled
-	IRQVec   uint16
-	Head     int
-	Tail     int
-	Backlog  int // completions waiting for room (completion queue)
-	Pending  int // commands held by injected delays (submission queue)
-	IsSQ     bool
+	ID      uint16
+	Size    int    // entries
+	Base    uint64 // IOVA
+	CQID    uint16 // for a submission queue: its completion queue
+	IRQ     bool   // for a completion queue: interrupts enabled
+	IRQVec  uint16
+	Head    int
+	Tail    int
+	Backlog int // completions waiting for room (completion queue)
+	Pending int // commands held by injected delays (submission queue)
+	IsSQ    bool
 }
 
 // SubmissionQueue reports the submission queue qid, if it exists.
