@@ -21,7 +21,8 @@ type host struct {
 type hostQueue struct {
 	h      *host
 	id     uint16
-	size   uint32
+	size   uint32 // SQ entries
+	cqSize uint32 // CQ entries if different from size
 	sq, cq dma.Buffer
 	tail   uint32
 	head   uint32
@@ -93,7 +94,7 @@ func (q *hostQueue) poll() (Completion, bool) {
 	}
 	c := DecodeCompletion(e)
 	q.head++
-	if q.head == q.size {
+	if q.head == q.size && q.cqSize == 0 || q.head == q.cqSize {
 		q.head, q.phase = 0, q.phase^1
 	}
 	q.h.c.Write32(regDB+8*int(q.id)+4, q.head)
