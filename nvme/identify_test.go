@@ -450,3 +450,16 @@ func TestParseActiveNamespaces(t *testing.T) {
 		t.Errorf("full list: %d ids, %v", len(got), err)
 	}
 }
+
+func TestOACSBits(t *testing.T) {
+	bits := []func(OACS) bool{OACS.SecuritySend, OACS.Format, OACS.FirmwareDownload, OACS.NSManagement,
+		OACS.SelfTest, OACS.Directives, OACS.NVMeMI, OACS.Virtualization, OACS.DoorbellBufferConfig,
+		OACS.GetLBAStatus, OACS.CommandFeatureLockdown}
+	for i, bit := range bits {
+		for j := range bits {
+			if got := bit(OACS(1 << j)); got != (i == j) {
+				t.Errorf("OACS bit %d method reads %t for value 1<<%d", i, got, j)
+			}
+		}
+	}
+}

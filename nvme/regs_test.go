@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -142,7 +143,7 @@ func TestCCBuilder(t *testing.T) {
 	if s := cc.String(); !strings.Contains(s, "shn abrupt") {
 		t.Errorf("String = %q", s)
 	}
-	if ShutdownNotification(3).String() != "reserved(3)" {
+	if ShutdownNotification(3).String() != "reserved(3)" || ShutdownNone.String() != "none" || ShutdownNormal.String() != "normal" {
 		t.Error("reserved SHN not named as reserved")
 	}
 }
@@ -169,7 +170,11 @@ func TestCSTS(t *testing.T) {
 			t.Errorf("%v.Check() = %v, want %v", tc.v, err, tc.err)
 		}
 	}
-	if ShutdownStatus(3).String() != "reserved(3)" || ShutdownStatusComplete.String() != "complete" {
+	if got := CSTS(1 | 2<<2).String(); got != "CSTS(0x00000009: rdy true, cfs false, shst complete, nssro false, pp false)" {
+		t.Errorf("CSTS String = %q", got)
+	}
+	if ShutdownStatus(3).String() != "reserved(3)" || ShutdownStatusComplete.String() != "complete" ||
+		ShutdownStatusProcessing.String() != "processing" || ShutdownStatusNormal.String() != "normal" {
 		t.Error("ShutdownStatus names")
 	}
 }
@@ -223,4 +228,16 @@ func TestCheckRegister(t *testing.T) {
 	if got := RegName(0x1008); got != "0x1008" {
 		t.Errorf("RegName(0x1008) = %q", got)
 	}
+}
+
+func ExampleNewCC() {
+	cc, err := NewCC(4096)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("%#08x\n", uint32(cc.WithEN(true)))
+	fmt.Println(cc.WithEN(true).WithSHN(ShutdownNormal))
+	// Output:
+	// 0x00460001
+	// CC(0x00464001: en true, css 0, page 4096, ams 0, shn normal, iosqes 6, iocqes 4)
 }

@@ -73,6 +73,7 @@ var (
 	ErrInvalidFormat          = errors.New("invalid format")
 	ErrFeatureNotSaveable     = errors.New("feature identifier not saveable")
 	ErrFeatureNotChangeable   = errors.New("feature not changeable")
+	ErrReadOnlyRange          = errors.New("attempted write to read only range")
 	ErrWriteFault             = errors.New("write fault")
 	ErrUnrecoveredRead        = errors.New("unrecovered read error")
 	ErrEndToEnd               = errors.New("end-to-end protection check error")
@@ -119,6 +120,7 @@ var statusSentinels = map[statusKey]statusSentinel{
 	{SCTCommandSpecific, 0x0a}: {ErrInvalidFormat, forAdmin},
 	{SCTCommandSpecific, 0x0d}: {ErrFeatureNotSaveable, forAdmin},
 	{SCTCommandSpecific, 0x0e}: {ErrFeatureNotChangeable, forAdmin},
+	{SCTCommandSpecific, 0x82}: {ErrReadOnlyRange, forNVM},
 
 	{SCTMediaError, 0x80}: {ErrWriteFault, forAny},
 	{SCTMediaError, 0x81}: {ErrUnrecoveredRead, forAny},

@@ -18,6 +18,10 @@ func TestStatusFields(t *testing.T) {
 	if MakeStatus(SCTMediaError, 0x81).WithDNR() != 0x4281 {
 		t.Errorf("MakeStatus(2, 0x81).WithDNR() = %#x", uint16(MakeStatus(2, 0x81).WithDNR()))
 	}
+	se := &StatusError{SCT: 3, SC: 0x03, More: true, CRD: 3}
+	if se.Status() != 0x3b03 || se.Status().CRD() != 3 || !se.Status().More() {
+		t.Errorf("Status() = %#x, want 0x3b03 (More, CRD 3, SCT 3, SC 3)", uint16(se.Status()))
+	}
 	if !Status(0).Success() {
 		t.Error("status 0 is not success")
 	}
@@ -123,6 +127,8 @@ func TestStatusSentinels(t *testing.T) {
 		{1, 0x02, true, ErrInvalidQueueSize, true},
 		{1, 0x0a, true, ErrInvalidFormat, true},
 		{1, 0x0d, true, ErrFeatureNotSaveable, true},
+		{1, 0x82, false, ErrReadOnlyRange, true},
+		{1, 0x82, true, ErrReadOnlyRange, false},
 		// Command specific admin codes must not match an I/O command.
 		{1, 0x01, false, ErrInvalidQueueIdentifier, false},
 		{1, 0x0a, false, ErrInvalidFormat, false},
@@ -164,4 +170,14 @@ func TestStatusErrorNotNilInterface(t *testing.T) {
 	if !strings.HasPrefix(StatusFromCompletion(1, 1, 2, false).Error(), "nvme: Read") {
 		t.Error("message does not start with nvme: and the opcode")
 	}
+}
+
+func ExampleStatusFromCompletion() {
+	// The status field of a completion whose Read hit a bad block.
+	err := StatusFromCompletion(0x4281, 7, uint8(NVMRead), false)
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, ErrUnrecoveredRead), Retryable(err))
+	// Output:
+	// nvme: Read (0x02) cid 7: Unrecovered Read Error (sct 0x2 sc 0x81, dnr)
+	// true false
 }
