@@ -433,8 +433,14 @@ func (n *IdentifyNamespace) FormatIndex() int {
 func (n *IdentifyNamespace) MetadataAtEnd() bool { return n.FLBAS&(1<<4) != 0 }
 
 // Format is the LBA format in use. ParseIdentifyNamespace guarantees it
-// exists and has a block size within MinLBADS..MaxLBADS.
-func (n *IdentifyNamespace) Format() LBAFormat { return n.LBAF[n.FormatIndex()] }
+// exists and has a block size within MinLBADS..MaxLBADS; for a value built
+// by hand with FLBAS past LBAF it is the zero LBAFormat (block size 0).
+func (n *IdentifyNamespace) Format() LBAFormat {
+	if i := n.FormatIndex(); i < len(n.LBAF) {
+		return n.LBAF[i]
+	}
+	return LBAFormat{}
+}
 
 // BlockSize is the size of a logical block's data in bytes.
 func (n *IdentifyNamespace) BlockSize() int { return n.Format().BlockSize() }
@@ -447,8 +453,9 @@ func (n *IdentifyNamespace) MetadataSize() int { return int(n.Format().MS) }
 func (n *IdentifyNamespace) Blocks() uint64 { return n.NSZE }
 
 // Size is the namespace size in bytes. ParseIdentifyNamespace guarantees
-// it does not overflow.
-func (n *IdentifyNamespace) Size() uint64 { return n.NSZE << n.Format().LBADS }
+// it does not overflow; for a value built by hand it is 0 when there is no
+// valid block size.
+func (n *IdentifyNamespace) Size() uint64 { return n.NSZE * uint64(n.BlockSize()) }
 
 // ThinProvisioned reports NSFEAT bit 0 (NCAP may be below NSZE).
 func (n *IdentifyNamespace) ThinProvisioned() bool { return n.NSFEAT&1 != 0 }

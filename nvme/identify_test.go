@@ -463,3 +463,11 @@ func TestOACSBits(t *testing.T) {
 		}
 	}
 }
+
+// A hand-built value (tests, the model) must not panic on a bad format.
+func TestIdentifyNamespaceZeroValue(t *testing.T) {
+	n := &IdentifyNamespace{NSZE: 10, FLBAS: 3}
+	if n.BlockSize() != 0 || n.MetadataSize() != 0 || n.Size() != 0 {
+		t.Errorf("zero value: block %d md %d size %d, want zeros", n.BlockSize(), n.MetadataSize(), n.Size())
+	}
+}

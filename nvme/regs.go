@@ -169,8 +169,10 @@ func (c CAP) SupportsPageSize(size int) bool {
 // range, and the NVM command set. The register is device data, so nothing
 // is assumed.
 func (c CAP) Validate() error {
-	if AllOnes(uint32(c)) && AllOnes(uint32(c>>32)) {
-		return fmt.Errorf("CAP reads 0xffffffffffffffff: %w", ErrDeviceGone)
+	// Either half all ones: both halves have reserved bits (23:19, 63:61)
+	// that a working controller reads as zero.
+	if AllOnes(uint32(c)) || AllOnes(uint32(c>>32)) {
+		return fmt.Errorf("CAP reads 0x%016x: %w", uint64(c), ErrDeviceGone)
 	}
 	if c.MQES() == 0 {
 		return fmt.Errorf("CAP.MQES is 0 (queues of 1 entry; the spec requires at least 1): %w", ErrOutOfSpec)

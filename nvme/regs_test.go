@@ -78,6 +78,8 @@ func TestCAPValidate(t *testing.T) {
 		msg  string
 	}{
 		{"gone", ^CAP(0), ErrDeviceGone, "0xffffffffffffffff"},
+		{"low half gone", qemuCAP | 0xffffffff, ErrDeviceGone, "0x"},
+		{"high half gone", qemuCAP | 0xffffffff<<32, ErrDeviceGone, "0xffffffff"},
 		{"mqes0", qemuCAP &^ 0xffff, ErrOutOfSpec, "MQES is 0"},
 		{"mps", qemuCAP | 5<<48, ErrOutOfSpec, "MPSMIN 5 is above CAP.MPSMAX 4"},
 		{"no nvm", qemuCAP&^(0xff<<37) | 1<<44, ErrNotSupported, "CSS 0x80"},
