@@ -296,6 +296,39 @@ func (c *Controller) GetLogPage(ctx context.Context, lid LogPageID, nsid uint32,
 	return nil
 }
 
+// SMARTLog reads the controller-wide SMART / Health Information log.
+func (c *Controller) SMARTLog(ctx context.Context) (*SMARTLog, error) {
+	buf := make([]byte, SMARTLogSize)
+	if err := c.GetLogPage(ctx, LogSMART, 0xffffffff, 0, buf); err != nil {
+		return nil, err
+	}
+	l, err := ParseSMARTLog(buf)
+	if err != nil {
+		return nil, fmt.Errorf("nvme: SMART log: %w", err)
+	}
+	return l, nil
+}
+
+// ErrorLog reads up to n entries of the Error Information log (newest
+// first). n is capped at the controller's ELPE+1.
+func (c *Controller) ErrorLog(ctx context.Context, n int) ([]ErrorLogEntry, error) {
+	if max := int(c.id.ELPE) + 1; n > max {
+		n = max
+	}
+	if n <= 0 {
+		return nil, fmt.Errorf("nvme: error log: %w: %d entries", ErrInvalidArgument, n)
+	}
+	buf := make([]byte, n*ErrorLogEntrySize)
+	if err := c.GetLogPage(ctx, LogErrorInformation, 0, 0, buf); err != nil {
+		return nil, err
+	}
+	entries, err := ParseErrorLog(buf)
+	if err != nil {
+		return nil, fmt.Errorf("nvme: error log: %w", err)
+	}
+	return entries, nil
+}
+
 // Abort asks the controller to abort command cid on submission queue sqid.
 // It reports whether the controller says it aborted the command (completion
 // DW0 bit 0 clear); an aborted command still completes, with status

@@ -103,6 +103,7 @@ type Controller struct {
 
 	syncPairs chan *QueuePair // the synchronous API's queue pairs
 	syncPool  *Pool           // bounce buffers for the synchronous API
+	pools     []*Pool         // from NewPool, under qpMu; closed on Close
 
 	nsMu       sync.Mutex
 	namespaces map[uint32]*Namespace
@@ -367,6 +368,14 @@ func (c *Controller) teardown(shutdown bool) error {
 	if c.syncPool != nil {
 		errs = append(errs, c.syncPool.Close())
 	}
+	c.qpMu.Lock()
+	pools := c.pools
+	c.pools = nil
+	c.qids = nil // no new queue pairs
+	c.qpMu.Unlock()
+	for _, p := range pools {
+		errs = append(errs, p.Close())
+	}
 	c.adminMu.Lock()
 	c.closed = true
 	c.adminMu.Unlock()
@@ -396,7 +405,7 @@ func (c *Controller) shutdown() error {
 	}
 	cc := CC(c.dev.Read32(RegCC))
 	if AllOnes(uint32(cc)) {
-		return fmt.Errorf("nvme: shutdown: %w", ErrDeviceGone)
+		return nil // nothing left to shut down
 	}
 	c.dev.Write32(RegCC, uint32(cc.WithSHN(ShutdownNormal)))
 	start := time.Now()

@@ -139,7 +139,7 @@ func TestOpenDeviceGone(t *testing.T) {
 }
 
 func TestOpenNoNVMCommandSet(t *testing.T) {
-	d := &regDev{cap: fastCAP &^ (1 << 37) | 1<<44} // admin only
+	d := &regDev{cap: fastCAP&^(1<<37) | 1<<44} // admin only
 	if _, err := Open(d, nil); !errors.Is(err, ErrNotSupported) {
 		t.Fatalf("err = %v, want ErrNotSupported", err)
 	}

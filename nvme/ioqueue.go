@@ -35,6 +35,7 @@ type QueuePair struct {
 	inflight []*Request
 
 	idlePolls int // device polls without a completion, for the CSTS check
+	abandoned int // requests in flight whose synchronous caller gave up
 	badCQEs   uint64
 	lastBad   error
 
@@ -430,6 +431,7 @@ func (q *QueuePair) deliver(batch []*iopoll.Request) {
 		if r.abandoned {
 			// The synchronous caller gave up; the controller is done
 			// with the bounce buffer now.
+			q.abandoned--
 			if r.bounce != nil {
 				r.bounce.Put(r.Buf)
 			}
@@ -480,6 +482,7 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 	what := fmt.Sprintf("nvme: %v nsid %d lba %d+%d on queue %d", r.Opcode, r.Namespace.id, r.LBA, r.Blocks, q.id)
 	if posted {
 		r.abandoned = true
+		q.abandoned++
 		what += fmt.Sprintf(" (cid %d)", r.cid)
 		// Ask the controller to abort it, so the slot comes back soon
 		// rather than at Close. Best effort: many controllers decline.
@@ -522,16 +525,19 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	q.closing.Store(true)
 	var errs []error
 	alive := c.Status() == nil
-	drainCtx := ctx
-	if !alive {
-		var cancel context.CancelFunc
-		drainCtx, cancel = context.WithTimeout(ctx, 0)
-		defer cancel()
-	}
-	// A drain that runs out of time is not an error by itself: deleting
-	// the SQ below makes the controller abort what it still holds, and
+	// Drain: wait for everything in flight except commands a synchronous
+	// caller already gave up on (they timed out once; no point waiting
+	// again). Running out of time is not an error by itself: deleting the
+	// SQ below makes the controller abort what it still holds, and
 	// whatever it never answers is failed with ErrClosed to its owner.
-	q.ring.Close(drainCtx)
+	for alive && q.ring.Inflight() > q.abandoned && ctx.Err() == nil {
+		if _, err := q.ring.PollContext(ctx, 0, iopoll.Batch); err != nil {
+			break
+		}
+	}
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	q.ring.Close(done) // stop Submit; the rest is reaped below
 	if deleteQueues && alive {
 		bg := context.Background()
 		// Deleting the SQ aborts what is still outstanding; then the CQ.

@@ -51,6 +51,20 @@ func NewPool(a dma.Allocator, count, size int) (*Pool, error) {
 	return p, nil
 }
 
+// NewPool maps a pool of count buffers of size bytes in memory this
+// controller can reach. The controller closes it on Close if the caller has
+// not; close it earlier to give the memory back.
+func (c *Controller) NewPool(count, size int) (*Pool, error) {
+	p, err := NewPool(c.dev.DMA(), count, size)
+	if err != nil {
+		return nil, fmt.Errorf("nvme: %w", err)
+	}
+	c.qpMu.Lock()
+	c.pools = append(c.pools, p)
+	c.qpMu.Unlock()
+	return p, nil
+}
+
 // BufferSize is the size of every buffer in bytes.
 func (p *Pool) BufferSize() int { return p.size }
 

@@ -1,0 +1,449 @@
+package nvme
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
+	"github.com/nvmepoll/nvmepoll/queue"
+)
+
+// asyncSetup opens a model, namespace 1, one queue pair and a pool.
+func asyncSetup(t testing.TB, cfg nvmetest.Config, opts *Options, depth int) (*Controller, *nvmetest.Controller, *Namespace, *QueuePair, *Pool) {
+	t.Helper()
+	c, m := openModel(t, cfg, opts)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePair(depth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := c.NewPool(depth, 128<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, m, ns, qp, pool
+}
+
+// wait polls qp until every request in reqs has been delivered, or fails.
+func waitAll(t *testing.T, qp *QueuePair, delivered *int, want int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for *delivered < want {
+		if _, err := qp.PollContext(ctx, 1, 32); err != nil {
+			t.Fatalf("Poll after %d of %d completions: %v", *delivered, want, err)
+		}
+	}
+}
+
+func TestAsyncWriteRead(t *testing.T) {
+	_, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, nil, 32)
+	delivered := 0
+	done := func(r *Request) {
+		delivered++
+		if r.Err != nil {
+			t.Errorf("request %d: %v", r.Tag, r.Err)
+		}
+	}
+	// 16 writes of 8 KiB, then read each back into another buffer.
+	var writes, reads [16]Request
+	for i := range writes {
+		b, err := pool.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = b.Slice(0, 8192)
+		for j := range b.Bytes {
+			b.Bytes[j] = byte(i*7 + j)
+		}
+		writes[i] = Request{Opcode: NVMWrite, Namespace: ns, LBA: uint64(i * 64), Buf: b, Done: done, Tag: uint64(i)}
+		if err := qp.Submit(&writes[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAll(t, qp, &delivered, 16)
+	delivered = 0
+	for i := range reads {
+		b, err := pool.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		reads[i] = Request{Opcode: NVMRead, Namespace: ns, LBA: uint64(i * 64), Blocks: 16, Buf: b, Done: done, Tag: uint64(i)}
+	}
+	ptrs := make([]*Request, len(reads))
+	for i := range reads {
+		ptrs[i] = &reads[i]
+	}
+	if n, err := qp.SubmitBatch(ptrs); n != 16 || err != nil {
+		t.Fatalf("SubmitBatch: %d, %v", n, err)
+	}
+	waitAll(t, qp, &delivered, 16)
+	for i := range reads {
+		if !bytes.Equal(reads[i].Buf.Bytes[:8192], writes[i].Buf.Bytes) {
+			t.Errorf("request %d: read back differs", i)
+		}
+	}
+	if s := qp.Stats(); s.Bad() != 0 || s.Posted != 32 || s.Completed != 32 {
+		t.Errorf("queue stats %+v: want 32 posted and completed, 0 bad", s)
+	}
+	if st := m.Stats(); st.Errors != 0 {
+		t.Errorf("model saw %d errors", st.Errors)
+	}
+}
+
+// TestPRPShapes moves data whose PRPs take every shape through the model,
+// which walks PRP lists like hardware: single page, two pages, a list, a
+// first buffer that does not start on a page boundary, and (with no MDTS
+// limit and 4 MiB transfers) list pages chained by their last entry.
+func TestPRPShapes(t *testing.T) {
+	_, m, ns, qp, _ := asyncSetup(t, nvmetest.Config{MDTS: -1, Namespaces: []nvmetest.NamespaceConfig{{Blocks: 1 << 16}}},
+		&Options{MaxTransfer: 8 << 20}, 8)
+	big, err := ns.c.NewPool(2, 8<<20+4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wbuf, _ := big.Get()
+	rbuf, _ := big.Get()
+	cases := []struct {
+		name     string
+		off, len int
+	}{
+		{"single page", 0, 4096},
+		{"one sector", 0, 512},
+		{"two pages", 0, 8192},
+		{"list", 0, 64 << 10},
+		{"unaligned first buffer, two pages", 512, 4096},
+		{"unaligned first buffer, list", 3584, 40 << 10},
+		{"full list page", 0, 2 << 20},
+		{"chained list pages", 0, 4 << 20},
+		{"chained, unaligned first buffer", 1024, 8 << 20},
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i, tc := range cases {
+		lba := uint64(i * 17000 % (1<<16 - 16384))
+		w := wbuf.Slice(tc.off, tc.len)
+		for j := range w.Bytes {
+			w.Bytes[j] = byte(rng.Uint32())
+		}
+		r := rbuf.Slice(tc.off, tc.len)
+		clear(r.Bytes)
+		for _, req := range []*Request{
+			{Opcode: NVMWrite, Namespace: ns, LBA: lba, Buf: w},
+			{Opcode: NVMRead, Namespace: ns, LBA: lba, Buf: r},
+		} {
+			if err := qp.exec(context.Background(), req); err != nil {
+				t.Fatalf("%s: %v %d bytes: %v", tc.name, req.Opcode, tc.len, err)
+			}
+		}
+		if !bytes.Equal(w.Bytes, r.Bytes) {
+			t.Errorf("%s: read back differs", tc.name)
+		}
+	}
+	if n := m.DMAFaults(); n != 0 {
+		t.Errorf("%d DMA faults: a PRP pointed outside the buffers", n)
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	_, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, nil, 4)
+	hold := m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true})
+	delivered := 0
+	reqs := make([]Request, 4)
+	for i := range reqs {
+		b, _ := pool.Get()
+		reqs[i] = Request{Opcode: NVMRead, Namespace: ns, LBA: 0, Blocks: 1, Buf: b, Done: func(*Request) { delivered++ }}
+	}
+	for i := range 3 {
+		if err := qp.Submit(&reqs[i]); err != nil {
+			t.Fatalf("submit %d of 3 slots: %v", i, err)
+		}
+	}
+	err := qp.Submit(&reqs[3])
+	if !errors.Is(err, ErrQueueFull) || !Retryable(err) {
+		t.Fatalf("submit into a full queue: %v, want retryable ErrQueueFull", err)
+	}
+	if n, _ := qp.Poll(0, 8); n != 0 || delivered != 0 {
+		t.Fatalf("a rejected submit produced %d completions", n)
+	}
+	m.Remove(hold)
+	m.ReleaseHeld()
+	waitAll(t, qp, &delivered, 3)
+	if err := qp.Submit(&reqs[3]); err != nil {
+		t.Fatalf("submit after the queue drained: %v", err)
+	}
+	waitAll(t, qp, &delivered, 4)
+}
+
+func TestCloseDrains(t *testing.T) {
+	c, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, nil, 16)
+	m.Inject(&nvmetest.Fault{Delay: 30 * time.Millisecond})
+	var errs []error
+	reqs := make([]Request, 8)
+	for i := range reqs {
+		b, _ := pool.Get()
+		reqs[i] = Request{Opcode: NVMWrite, Namespace: ns, LBA: uint64(i), Blocks: 1, Buf: b, Done: func(r *Request) { errs = append(errs, r.Err) }}
+		if err := qp.Submit(&reqs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := qp.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if len(errs) != 8 {
+		t.Fatalf("Close delivered %d of 8 requests in flight", len(errs))
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("request %d: %v", i, err)
+		}
+	}
+	if _, ok := m.SubmissionQueue(qp.ID()); ok {
+		t.Error("SQ still exists on the controller after Close")
+	}
+	if _, ok := m.CompletionQueue(qp.ID()); ok {
+		t.Error("CQ still exists on the controller after Close")
+	}
+	if err := qp.Submit(&reqs[0]); !errors.Is(err, ErrClosed) {
+		t.Errorf("Submit after Close: %v, want ErrClosed", err)
+	}
+	if err := qp.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	// The queue id is free again.
+	qp2, err := c.NewQueuePair(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qp2.ID() != qp.ID() {
+		t.Errorf("new queue pair got id %d, want the freed %d", qp2.ID(), qp.ID())
+	}
+}
+
+// TestFaults drives each misbehaviour of the model through the synchronous
+// API and checks that it ends in a named error, without a panic, and that
+// the queue keeps working (no slot leaked).
+func TestFaults(t *testing.T) {
+	opts := &Options{IOTimeout: 300 * time.Millisecond}
+	ctx := context.Background()
+	check := func(t *testing.T, ns *Namespace) {
+		t.Helper()
+		// Every later command still works: no slot or buffer leaked.
+		for i := range 20 {
+			if err := ns.ReadBlocks(ctx, uint64(i), make([]byte, 512)); err != nil {
+				t.Fatalf("read %d after the fault: %v", i, err)
+			}
+		}
+	}
+
+	t.Run("error status at LBA", func(t *testing.T) {
+		c, m := openModel(t, nvmetest.Config{}, opts)
+		ns, _ := c.Namespace(1)
+		m.FailLBA(1, 100, 8, nvmetest.OpRead, nvmetest.StatusUnrecoveredRead|nvmetest.StatusDNR)
+		err := ns.ReadBlocks(ctx, 96, make([]byte, 16*512))
+		var se *StatusError
+		if !errors.Is(err, ErrUnrecoveredRead) || !errors.As(err, &se) {
+			t.Fatalf("err = %v, want a *StatusError matching ErrUnrecoveredRead", err)
+		}
+		if se.LBA != 96 || !se.HasLBA || se.NSID != 1 || !se.DNR || se.Opcode != uint8(NVMRead) {
+			t.Errorf("StatusError %+v: want lba 96, nsid 1, DNR, Read", se)
+		}
+		if !strings.Contains(err.Error(), "Unrecovered Read Error") || !strings.Contains(err.Error(), "lba 96") {
+			t.Errorf("message %q does not say what the device said", err)
+		}
+		// A read beside the bad range works.
+		if err := ns.ReadBlocks(ctx, 200, make([]byte, 512)); err != nil {
+			t.Errorf("read elsewhere: %v", err)
+		}
+		log, err := c.ErrorLog(ctx, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(log) == 0 || log[0].LBA != 96 || log[0].Status.SC() != 0x81 {
+			t.Errorf("error log %v: want the failed read at lba 96", log)
+		}
+	})
+
+	t.Run("delayed completion", func(t *testing.T) {
+		c, m := openModel(t, nvmetest.Config{}, opts)
+		ns, _ := c.Namespace(1)
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Delay: 100 * time.Millisecond, Count: 1})
+		start := time.Now()
+		if err := ns.ReadBlocks(ctx, 0, make([]byte, 512)); err != nil {
+			t.Fatalf("delayed read: %v", err)
+		}
+		if d := time.Since(start); d < 100*time.Millisecond {
+			t.Errorf("delayed read returned after %v, before the controller answered", d)
+		}
+		check(t, ns)
+	})
+
+	// Faults after which the command never completes visibly: each must
+	// turn into a timeout, not a hang.
+	for _, tc := range []struct {
+		name string
+		f    func() *nvmetest.Fault
+		bad  bool // the queue sees a bad completion entry
+	}{
+		{"dropped completion", func() *nvmetest.Fault { return &nvmetest.Fault{Drop: true} }, false},
+		{"unknown cid", func() *nvmetest.Fault { return &nvmetest.Fault{UnknownCID: true} }, true},
+		{"bad SQ head", func() *nvmetest.Fault { return &nvmetest.Fault{BadSQHead: true} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, m := openModel(t, nvmetest.Config{}, &Options{IOTimeout: 300 * time.Millisecond, SyncQueues: 1})
+			ns, _ := c.Namespace(1)
+			f := tc.f()
+			f.Match, f.Count = nvmetest.MatchOpcode(false, nvmetest.OpRead), 1
+			m.Inject(f)
+			start := time.Now()
+			err := ns.ReadBlocks(ctx, 0, make([]byte, 512))
+			if !errors.Is(err, ErrTimeout) {
+				t.Fatalf("err = %v, want ErrTimeout", err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("took %v to time out (IOTimeout 300ms)", d)
+			}
+			if tc.bad && !strings.Contains(err.Error(), "bad completion") {
+				t.Errorf("error %q does not mention the bad completion entry", err)
+			}
+			check(t, ns)
+		})
+	}
+
+	t.Run("duplicate completion", func(t *testing.T) {
+		_, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, opts, 8)
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpWrite), Duplicate: true, Count: 1})
+		b, _ := pool.Get()
+		delivered := 0
+		r := Request{Opcode: NVMWrite, Namespace: ns, Blocks: 1, Buf: b, Done: func(*Request) { delivered++ }}
+		if err := qp.Submit(&r); err != nil {
+			t.Fatal(err)
+		}
+		waitAll(t, qp, &delivered, 1)
+		r.Opcode = NVMRead
+		if err := qp.Submit(&r); err != nil {
+			t.Fatal(err)
+		}
+		waitAll(t, qp, &delivered, 2)
+		if r.Err != nil || delivered != 2 {
+			t.Errorf("after a duplicate CQE: %d deliveries, err %v; want 2, nil", delivered, r.Err)
+		}
+		if n := qp.Stats().BadCQEs[queue.IdleCID]; n != 1 {
+			t.Errorf("duplicate CQEs counted: %d, want 1", n)
+		}
+	})
+
+	t.Run("wrong phase", func(t *testing.T) {
+		// The entry is invisible, so the command times out. The queue's
+		// head now sits on that entry for good: Close must still recover
+		// every slot, failing the rest with ErrClosed.
+		_, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, opts, 8)
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), WrongPhase: true, Count: 1})
+		b, _ := pool.Get()
+		r := Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: b}
+		if err := qp.exec(ctx, &r); !errors.Is(err, ErrTimeout) {
+			t.Fatalf("err = %v, want ErrTimeout", err)
+		}
+		if err := qp.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if qp.Inflight() != 0 {
+			t.Errorf("%d requests still in flight after Close", qp.Inflight())
+		}
+	})
+
+	t.Run("controller fatal", func(t *testing.T) {
+		c, m := openModel(t, nvmetest.Config{}, opts)
+		ns, _ := c.Namespace(1)
+		m.SetFatal()
+		err := ns.ReadBlocks(ctx, 0, make([]byte, 512))
+		if !errors.Is(err, ErrControllerFatal) {
+			t.Fatalf("err = %v, want ErrControllerFatal", err)
+		}
+		if _, err := c.IdentifyController(ctx); !errors.Is(err, ErrControllerFatal) {
+			t.Errorf("admin command on a fatal controller: %v, want ErrControllerFatal", err)
+		}
+	})
+
+	t.Run("device gone", func(t *testing.T) {
+		c, m := openModel(t, nvmetest.Config{}, opts)
+		ns, _ := c.Namespace(1)
+		m.SetGone(true)
+		err := ns.ReadBlocks(ctx, 0, make([]byte, 512))
+		if !errors.Is(err, ErrDeviceGone) {
+			t.Fatalf("err = %v, want ErrDeviceGone", err)
+		}
+		if err := c.Status(); !errors.Is(err, ErrDeviceGone) {
+			t.Errorf("Status: %v, want ErrDeviceGone", err)
+		}
+	})
+
+	t.Run("admin timeout", func(t *testing.T) {
+		c, m := openModel(t, nvmetest.Config{}, &Options{AdminTimeout: 200 * time.Millisecond})
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpGetFeatures), Drop: true, Count: 1})
+		_, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0)
+		if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "Get Features") {
+			t.Fatalf("err = %v, want ErrTimeout naming Get Features", err)
+		}
+		// The admin queue still works.
+		if _, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0); err != nil {
+			t.Fatalf("admin command after a lost one: %v", err)
+		}
+	})
+}
+
+func TestAdminCommands(t *testing.T) {
+	c, _ := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 4096}}}, nil)
+	ctx := context.Background()
+	smart, err := c.SMARTLog(ctx)
+	if err != nil {
+		t.Fatalf("SMART log: %v", err)
+	}
+	_ = smart
+	dw0, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sq, cq := ParseNumberOfQueues(dw0); sq != 16 || cq != 16 {
+		t.Errorf("Get Features Number of Queues: %d/%d, want 16/16", sq, cq)
+	}
+	if err := c.SetVolatileWriteCache(ctx, true); err != nil {
+		t.Errorf("enabling the write cache: %v", err)
+	}
+	ns, _ := c.Namespace(1)
+	if err := ns.WriteBlocks(ctx, 0, bytes.Repeat([]byte{7}, 512)); err != nil {
+		t.Fatal(err)
+	}
+	// Format to 4 KiB blocks: the namespace must be fetched again.
+	if err := c.FormatNVM(ctx, 1, 1, SESNone); err != nil {
+		t.Fatalf("Format NVM: %v", err)
+	}
+	ns, err = c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.BlockSize() != 4096 {
+		t.Errorf("block size after formatting to LBAF 1: %d, want 4096", ns.BlockSize())
+	}
+	if err := c.FormatNVM(ctx, 1, 64, SESNone); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Format with lbaf 64: %v, want ErrInvalidArgument", err)
+	}
+	if _, err := c.IdentifyNamespace(ctx, 0); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Identify Namespace 0: %v, want ErrInvalidArgument", err)
+	}
+	if err := c.GetLogPage(ctx, LogSMART, 0, 0, make([]byte, 3)); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Get Log Page of 3 bytes: %v, want ErrInvalidArgument", err)
+	}
+	// A command the controller rejects comes back as a StatusError.
+	_, err = c.AdminCommand(ctx, &queue.Command{Opcode: 0xc5})
+	if !errors.Is(err, ErrInvalidOpcode) {
+		t.Errorf("vendor opcode 0xc5: %v, want ErrInvalidOpcode", err)
+	}
+}
