@@ -149,3 +149,27 @@ func FuzzStatusFromCompletion(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseNamespaceDescriptors(f *testing.F) {
+	f.Add([]byte{1, 8, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 1, 0, 0, 0})
+	f.Add([]byte{3, 8, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ds, err := ParseNamespaceDescriptors(fuzzPage(data))
+		if err != nil {
+			if !errors.Is(err, ErrOutOfSpec) {
+				t.Fatal(err)
+			}
+			return
+		}
+		total := 0
+		for _, d := range ds {
+			if want, ok := nidLengths[d.Type]; (ok && len(d.ID) != want) || d.Type == 0 {
+				t.Fatalf("descriptor type %d with %d bytes", d.Type, len(d.ID))
+			}
+			total += 4 + len(d.ID)
+		}
+		if total > IdentifySize {
+			t.Fatalf("descriptors cover %d bytes of a %d-byte page", total, IdentifySize)
+		}
+	})
+}

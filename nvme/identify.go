@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"strings"
+	"time"
 )
 
 // IdentifySize is the size of every Identify data structure.
@@ -215,6 +216,16 @@ type IdentifyController struct {
 // VolatileWriteCache reports whether the controller has a volatile write
 // cache, so that a Flush is needed for durability.
 func (c *IdentifyController) VolatileWriteCache() bool { return c.VWC&1 == 1 }
+
+// RetryDelay is how long to wait before retrying a command whose
+// *StatusError has Command Retry Delay crd: 0 for crd 0, else CRDT1-3 in
+// 100 ms units. A crd above 3 (not representable in the 2-bit field) gives 0.
+func (c *IdentifyController) RetryDelay(crd uint8) time.Duration {
+	if crd == 0 || crd > 3 {
+		return 0
+	}
+	return time.Duration(c.CRDT[crd-1]) * 100 * time.Millisecond
+}
 
 // DefaultMaxTransfer is the transfer size limit MaxTransfer uses when the
 // controller reports no limit (MDTS 0) or a limit above it: 2 MiB, what one
@@ -567,4 +578,52 @@ func ParseActiveNamespaces(b []byte) ([]uint32, error) {
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// Namespace Identifier Types of the Namespace Identification Descriptor
+// list (CNS 03h; NVMe 2.0 §5.17.2.3, Figure 279), with their lengths.
+const (
+	NIDTEUI64 = 1 // 8 bytes
+	NIDTNGUID = 2 // 16 bytes
+	NIDTUUID  = 3 // 16 bytes
+	NIDTCSI   = 4 // 1 byte: the namespace's command set
+)
+
+var nidLengths = map[uint8]int{NIDTEUI64: 8, NIDTNGUID: 16, NIDTUUID: 16, NIDTCSI: 1}
+
+// NamespaceDescriptor is one entry of the Namespace Identification
+// Descriptor list.
+type NamespaceDescriptor struct {
+	Type uint8  // NIDT
+	ID   []byte // NID, of the length the type requires
+}
+
+// ParseNamespaceDescriptors decodes a Namespace Identification Descriptor
+// list (CNS 03h), which ends at the first descriptor of type 0 or at the
+// end of the page. A descriptor that runs past the page, or whose length
+// does not match its known type, wraps ErrOutOfSpec; descriptors of types
+// this package does not know are returned as they are.
+func ParseNamespaceDescriptors(b []byte) ([]NamespaceDescriptor, error) {
+	if len(b) < IdentifySize {
+		return nil, fmt.Errorf("namespace descriptor list: %d bytes, want %d: %w", len(b), IdentifySize, ErrInvalidArgument)
+	}
+	var out []NamespaceDescriptor
+	for off := 0; off+4 <= IdentifySize; {
+		typ, n := b[off], int(b[off+1])
+		if typ == 0 {
+			break
+		}
+		if want, ok := nidLengths[typ]; ok && n != want {
+			return nil, fmt.Errorf("namespace descriptor list: type %d at byte %d has length %d, want %d: %w",
+				typ, off, n, want, ErrOutOfSpec)
+		}
+		end := off + 4 + n
+		if end > IdentifySize {
+			return nil, fmt.Errorf("namespace descriptor list: type %d at byte %d with length %d runs past the %d-byte page: %w",
+				typ, off, n, IdentifySize, ErrOutOfSpec)
+		}
+		out = append(out, NamespaceDescriptor{Type: typ, ID: append([]byte(nil), b[off+4:end]...)})
+		off = end
+	}
+	return out, nil
 }

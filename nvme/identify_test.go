@@ -1,10 +1,12 @@
 package nvme
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -469,5 +471,65 @@ func TestIdentifyNamespaceZeroValue(t *testing.T) {
 	n := &IdentifyNamespace{NSZE: 10, FLBAS: 3}
 	if n.BlockSize() != 0 || n.MetadataSize() != 0 || n.Size() != 0 {
 		t.Errorf("zero value: block %d md %d size %d, want zeros", n.BlockSize(), n.MetadataSize(), n.Size())
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	c := &IdentifyController{CRDT: [3]uint16{1, 20, 300}}
+	for crd, want := range map[uint8]time.Duration{0: 0, 1: 100 * time.Millisecond, 2: 2 * time.Second, 3: 30 * time.Second, 4: 0} {
+		if got := c.RetryDelay(crd); got != want {
+			t.Errorf("RetryDelay(%d) = %v, want %v", crd, got, want)
+		}
+	}
+}
+
+func TestParseNamespaceDescriptors(t *testing.T) {
+	p := newPage()
+	off := 0
+	add := func(typ, n uint8, fill byte) {
+		p[off], p[off+1] = typ, n
+		for i := range int(n) {
+			p[off+4+i] = fill
+		}
+		off += 4 + int(n)
+	}
+	add(NIDTEUI64, 8, 0xe1)
+	add(NIDTNGUID, 16, 0xa5)
+	add(NIDTCSI, 1, 0)
+	add(9, 2, 0x77) // a type from a later spec: kept as is
+	got, err := ParseNamespaceDescriptors(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []NamespaceDescriptor{
+		{NIDTEUI64, []byte{0xe1, 0xe1, 0xe1, 0xe1, 0xe1, 0xe1, 0xe1, 0xe1}},
+		{NIDTNGUID, bytes.Repeat([]byte{0xa5}, 16)},
+		{NIDTCSI, []byte{0}},
+		{9, []byte{0x77, 0x77}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("descriptors (-want +got):\n%s", diff)
+	}
+
+	bad := newPage()
+	bad[0], bad[1] = NIDTUUID, 8
+	if _, err := ParseNamespaceDescriptors(bad); !errors.Is(err, ErrOutOfSpec) || !strings.Contains(err.Error(), "type 3 at byte 0 has length 8, want 16") {
+		t.Errorf("wrong length: %v", err)
+	}
+	over := newPage()
+	for o := 0; o+4+255 <= IdentifySize; o += 4 + 255 {
+		over[o], over[o+1] = 9, 255
+	}
+	// 15 descriptors of 259 bytes end at 3885; the 16th starts there and
+	// would end at 4144, past the page.
+	over[3885], over[3886] = 9, 255
+	if _, err := ParseNamespaceDescriptors(over); !errors.Is(err, ErrOutOfSpec) || !strings.Contains(err.Error(), "runs past") {
+		t.Errorf("overrun: %v", err)
+	}
+	if _, err := ParseNamespaceDescriptors(p[:10]); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("short page: %v", err)
+	}
+	if got, err := ParseNamespaceDescriptors(newPage()); err != nil || len(got) != 0 {
+		t.Errorf("empty list: %v, %v", got, err)
 	}
 }

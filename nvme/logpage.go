@@ -211,3 +211,30 @@ func ParseErrorLog(b []byte) ([]ErrorLogEntry, error) {
 	}
 	return out, nil
 }
+
+// FirmwareSlotLogSize is the size of the Firmware Slot Information log.
+const FirmwareSlotLogSize = 512
+
+// FirmwareSlotLog is the Firmware Slot Information log page (Log
+// Identifier 03h; NVMe 2.0 §5.16.1.4, Figure 208).
+type FirmwareSlotLog struct {
+	// ActiveSlot is the slot the running firmware came from (AFI bits
+	// 2:0, 1-7); NextSlot the one activated at the next reset (AFI bits
+	// 6:4), 0 if none.
+	ActiveSlot, NextSlot int
+	// Revisions holds FRS1-FRS7, "" for an empty slot.
+	Revisions [7]string
+}
+
+// ParseFirmwareSlotLog decodes a Firmware Slot Information log; b must
+// hold at least FirmwareSlotLogSize bytes.
+func ParseFirmwareSlotLog(b []byte) (*FirmwareSlotLog, error) {
+	if len(b) < FirmwareSlotLogSize {
+		return nil, fmt.Errorf("firmware slot log: %d bytes, want %d: %w", len(b), FirmwareSlotLogSize, ErrInvalidArgument)
+	}
+	l := &FirmwareSlotLog{ActiveSlot: int(b[0] & 7), NextSlot: int(b[0] >> 4 & 7)}
+	for i := range l.Revisions {
+		l.Revisions[i] = asciiField(b[8+8*i : 16+8*i])
+	}
+	return l, nil
+}

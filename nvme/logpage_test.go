@@ -150,3 +150,21 @@ func TestParseErrorLog(t *testing.T) {
 		t.Errorf("empty log: %v, %v", got, err)
 	}
 }
+
+func TestParseFirmwareSlotLog(t *testing.T) {
+	b := make([]byte, FirmwareSlotLogSize)
+	b[0] = 2<<4 | 1
+	copy(b[8:], "1.0     ")
+	copy(b[16:], "2.1b")
+	got, err := ParseFirmwareSlotLog(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &FirmwareSlotLog{ActiveSlot: 1, NextSlot: 2, Revisions: [7]string{"1.0", "2.1b"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ParseFirmwareSlotLog (-want +got):\n%s", diff)
+	}
+	if _, err := ParseFirmwareSlotLog(b[:64]); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("short log: %v", err)
+	}
+}
