@@ -175,7 +175,7 @@ func (c CAP) Validate() error {
 		return fmt.Errorf("CAP reads 0x%016x: %w", uint64(c), ErrDeviceGone)
 	}
 	if c.MQES() == 0 {
-		return fmt.Errorf("CAP.MQES is 0 (queues of 1 entry; the spec requires at least 1): %w", ErrOutOfSpec)
+		return fmt.Errorf("CAP.MQES is 0 (1-entry queues; the spec requires at least 2 entries): %w", ErrOutOfSpec)
 	}
 	if c.MPSMIN() > c.MPSMAX() {
 		return fmt.Errorf("CAP.MPSMIN %d is above CAP.MPSMAX %d: %w", c.MPSMIN(), c.MPSMAX(), ErrOutOfSpec)
