@@ -168,6 +168,7 @@ type Controller struct {
 	health  health
 	stats   Stats
 	scratch []byte
+	segs    []segment // reused by prpSegments
 
 	wake chan struct{}
 	stop chan struct{}

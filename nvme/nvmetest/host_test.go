@@ -6,6 +6,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nvmepoll/nvmepoll/queue"
 	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
 
@@ -27,6 +28,7 @@ type hostQueue struct {
 	tail   uint32
 	head   uint32
 	phase  uint32
+	db     queue.Doorbell
 }
 
 func (h *host) alloc(n int) dma.Buffer {
@@ -77,11 +79,14 @@ func (q *hostQueue) submit(cmd Command) uint16 {
 	cmd.CID = q.h.ids
 	cmd.Encode(q.sq.Bytes[q.tail*64:])
 	q.tail = (q.tail + 1) % q.size
-	db, err := q.h.c.Doorbell(regDB + 8*int(q.id))
-	if err != nil {
-		q.h.t.Fatal(err)
+	if q.db == nil {
+		db, err := q.h.c.Doorbell(regDB + 8*int(q.id))
+		if err != nil {
+			q.h.t.Fatal(err)
+		}
+		q.db = db
 	}
-	db.Ring(q.tail)
+	q.db.Ring(q.tail)
 	return cmd.CID
 }
 

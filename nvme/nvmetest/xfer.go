@@ -44,7 +44,8 @@ func (c *Controller) prpSegments(prp1, prp2 uint64, n int) ([]segment, Status) {
 		return nil, StatusInvalidField
 	}
 	first := min(uint64(n), ps-prp1%ps)
-	segs := []segment{{iova: prp1, n: int(first)}}
+	segs := append(c.segs[:0], segment{iova: prp1, n: int(first)})
+	defer func() { c.segs = segs[:0] }()
 	rem := uint64(n) - first
 	if rem == 0 {
 		return segs, 0
