@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
 	"github.com/nvmepoll/nvmepoll/queue"
 )
@@ -445,5 +447,123 @@ func TestAdminCommands(t *testing.T) {
 	_, err = c.AdminCommand(ctx, &queue.Command{Opcode: 0xc5})
 	if !errors.Is(err, ErrInvalidOpcode) {
 		t.Errorf("vendor opcode 0xc5: %v, want ErrInvalidOpcode", err)
+	}
+}
+
+// BenchmarkSubmitReap measures the hot path: submit 4 KiB reads on one
+// queue pair and reap them, against the model in inline mode (it completes
+// a command inside the doorbell write and copies the data). The model
+// allocates per command; see BenchmarkSubmitReapDriver for the driver alone.
+func BenchmarkSubmitReap(b *testing.B) {
+	for _, qd := range []int{1, 32} {
+		b.Run(fmt.Sprintf("QD%d", qd), func(b *testing.B) {
+			_, _, ns, qp, pool := asyncSetup(b, nvmetest.Config{Inline: true}, nil, 64)
+			benchLoop(b, qp, ns, pool, qd)
+		})
+	}
+}
+
+// newEchoPair returns a queue pair on namespace 1 of a bare Controller whose
+// "device" completes every command successfully inside the SQ doorbell
+// write and moves no data: a zero-work completer, so a benchmark measures
+// the driver alone.
+func newEchoPair(tb testing.TB, depth int) (*QueuePair, *Namespace, *Pool) {
+	a := &mmapAlloc{}
+	c := &Controller{maxTransfer: 128 << 10, opts: (*Options)(nil).withDefaults(), namespaces: map[uint32]*Namespace{}}
+	ns := &Namespace{c: c, id: 1, blockSize: 512, shift: 9, blocks: 1 << 30}
+	sq, _ := a.Alloc(depth * queue.SQESize)
+	cq, _ := a.Alloc(depth * queue.CQESize)
+	var sqHead, cqTail uint32
+	phase := true
+	q := &QueuePair{c: c, id: 1, sq: sq, cq: cq, inflight: make([]*Request, depth-1)}
+	q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
+	q.prp, _ = a.Alloc((depth - 1) * q.listPages * PageSize)
+	sqdb := queue.DoorbellFunc(func(tail uint32) {
+		for sqHead != tail {
+			cmd := queue.ParseCommand(sq.Bytes[sqHead*queue.SQESize:])
+			sqHead = (sqHead + 1) % uint32(depth)
+			queue.PostCompletion(cq.Bytes[cqTail*queue.CQESize:], queue.Completion{CID: cmd.CID, SQID: 1, SQHead: uint16(sqHead)}, phase)
+			if cqTail++; cqTail == uint32(depth) {
+				cqTail, phase = 0, !phase
+			}
+		}
+	})
+	var err error
+	q.pair, err = queue.New(queue.Config{ID: 1, Depth: depth, SQ: sq, CQ: cq, SQTail: sqdb, CQHead: queue.DoorbellFunc(func(uint32) {})})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	q.ring = iopoll.New(q, q.deliver)
+	pool, err := NewPool(a, depth, 4096)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return q, ns, pool
+}
+
+// BenchmarkSubmitReapDriver is BenchmarkSubmitReap against the zero-work
+// completer: the driver's own cost per I/O, which must be 0 allocations.
+func BenchmarkSubmitReapDriver(b *testing.B) {
+	for _, qd := range []int{1, 32} {
+		b.Run(fmt.Sprintf("QD%d", qd), func(b *testing.B) {
+			qp, ns, pool := newEchoPair(b, 64)
+			benchLoop(b, qp, ns, pool, qd)
+		})
+	}
+}
+
+func benchLoop(b *testing.B, qp *QueuePair, ns *Namespace, pool *Pool, qd int) {
+	reqs := make([]Request, qd)
+	again := make([]*Request, 0, qd)
+	done := func(r *Request) {
+		if r.Err != nil {
+			b.Fatal(r.Err)
+		}
+		again = append(again, r)
+	}
+	for i := range reqs {
+		buf, err := pool.Get()
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs[i] = Request{Opcode: NVMRead, Namespace: ns, LBA: uint64(i * 8), Blocks: 8, Buf: buf.Slice(0, 4096), Done: done}
+		if err := qp.Submit(&reqs[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.SetBytes(4096)
+	for b.Loop() {
+		if len(again) == 0 {
+			if _, err := qp.Poll(1, qd); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r := again[len(again)-1]
+		again = again[:len(again)-1]
+		if err := qp.Submit(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestHotPathAllocs(t *testing.T) {
+	qp, ns, pool := newEchoPair(t, 64)
+	buf, _ := pool.Get()
+	delivered := 0
+	r := &Request{Opcode: NVMRead, Namespace: ns, Blocks: 8, Buf: buf, Done: func(*Request) { delivered++ }}
+	n := testing.AllocsPerRun(1000, func() {
+		if err := qp.Submit(r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := qp.Poll(1, 1); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n != 0 {
+		t.Errorf("submit+reap of a 4 KiB read: %v allocations, want 0", n)
+	}
+	if delivered < 1000 {
+		t.Errorf("%d completions delivered, want at least 1000", delivered)
 	}
 }
