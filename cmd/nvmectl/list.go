@@ -19,19 +19,19 @@ import (
 // listEntry is one controller in `nvmectl list`. JSON keys follow nvme-cli's list where it has
 // one (ModelNumber, SerialNumber, Firmware); the PCI ones are ours.
 type listEntry struct {
-	Address      string         `json:"Address"`
-	VendorID     string         `json:"VendorID"`
-	DeviceID     string         `json:"DeviceID"`
-	Vendor       string         `json:"Vendor"`
-	Device       string         `json:"Device"`
-	Driver       string         `json:"Driver"`
-	IOMMUGroup   int            `json:"IOMMUGroup"`
-	BlockDevices []string       `json:"BlockDevices,omitempty"`
-	ModelNumber  string         `json:"ModelNumber,omitempty"`
-	SerialNumber string         `json:"SerialNumber,omitempty"`
-	Firmware     string         `json:"Firmware,omitempty"`
-	Namespaces   []listNS       `json:"Namespaces,omitempty"`
-	Error        string         `json:"Error,omitempty"`
+	Address      string   `json:"Address"`
+	VendorID     string   `json:"VendorID"`
+	DeviceID     string   `json:"DeviceID"`
+	Vendor       string   `json:"Vendor"`
+	Device       string   `json:"Device"`
+	Driver       string   `json:"Driver"`
+	IOMMUGroup   int      `json:"IOMMUGroup"`
+	BlockDevices []string `json:"BlockDevices,omitempty"`
+	ModelNumber  string   `json:"ModelNumber,omitempty"`
+	SerialNumber string   `json:"SerialNumber,omitempty"`
+	Firmware     string   `json:"Firmware,omitempty"`
+	Namespaces   []listNS `json:"Namespaces,omitempty"`
+	Error        string   `json:"Error,omitempty"`
 }
 
 type listNS struct {
