@@ -37,8 +37,10 @@
 // The Config's memory belongs to the caller, who must keep it mapped while
 // the Pair is used. A Pair is not safe for concurrent use; the caller
 // serialises calls. Misuse by the driver itself (posting a cid that was not
-// acquired, releasing a free slot) panics, as unlocking an unlocked
-// sync.Mutex does.
+// acquired, releasing a free slot or one whose command is still posted)
+// panics, as unlocking an unlocked sync.Mutex does. Because a posted slot
+// cannot be released, at most Depth-1 SQEs are ever unconsumed and the SQ
+// cannot overflow without tracking the controller's SQ head.
 //
 // The layouts assume a little-endian host, as NVMe is little endian; nvmepoll
 // runs on amd64 and arm64.

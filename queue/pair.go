@@ -160,21 +160,20 @@ func (p *Pair) Acquire() (cid uint16, err error) {
 	return cid, nil
 }
 
-// Release returns a slot to the free stack: after its completion has been
-// handled, or when a command was acquired but never posted. Releasing a slot
-// whose command is still posted makes a later CQE for it count as an idle
-// cid instead of completing anything.
+// Release returns a slot to the free stack: after Next returned its
+// completion, or when a command was acquired but never posted.
 //
-// Releasing a free slot or an id that was never a slot is a driver bug and
-// panics, like unlocking an unlocked sync.Mutex: a silent double push would
-// hand one slot to two commands.
+// Releasing a slot that is free, posted, or not a slot at all is a driver
+// bug and panics, like unlocking an unlocked sync.Mutex. A double push would
+// hand one slot to two commands; releasing a posted command would let the
+// SQ tail lap entries the controller may not have fetched yet (at most
+// Depth-1 posted commands is what keeps the SQ from overflowing). A command
+// that timed out keeps its slot until its CQE arrives or the queue is
+// deleted.
 func (p *Pair) Release(cid uint16) {
 	state := p.state
-	if int(cid) >= len(state) || state[cid] == slotFree {
-		panic(fmt.Sprintf("queue %d: Release of cid %d, which is not acquired", p.id, cid))
-	}
-	if state[cid] == slotPosted {
-		p.posted--
+	if int(cid) >= len(state) || state[cid] != slotAcquired {
+		panic(fmt.Sprintf("queue %d: Release of cid %d, which is not acquired or already completed", p.id, cid))
 	}
 	state[cid] = slotFree
 	p.free = append(p.free, cid) // never grows: capacity is the slot count
@@ -211,9 +210,9 @@ func (p *Pair) Post(cmd *Command) {
 }
 
 // UpdateTail writes the SQ tail doorbell if the tail moved since the last
-// write, and reports whether it wrote. At most Depth-1 commands can be
-// posted between two calls (one per slot), so the tail cannot lap back to
-// the value last written.
+// write, and reports whether it wrote. At most Depth-1 commands are posted
+// at once (one per slot, and a posted slot cannot be released), so the tail
+// cannot lap back to the value last written.
 func (p *Pair) UpdateTail() bool {
 	if p.tail == p.rungTail {
 		return false
@@ -255,7 +254,7 @@ func (p *Pair) Next() (c Completion, ok bool, err error) {
 	case int(cid) >= len(p.state):
 		kind = UnknownCID
 	case p.state[cid] != slotPosted:
-		kind = IdleCID
+		kind = IdleCID // never posted, or already completed
 	case uint32(c.SQHead) >= p.depth:
 		kind = BadSQHead
 	default:
@@ -317,7 +316,7 @@ const (
 	// UnknownCID: the cid is not a slot of this queue (>= Depth-1).
 	UnknownCID CQEErrorKind = iota
 	// IdleCID: the cid is a slot with no command posted: never posted,
-	// already completed (a duplicate CQE), or released.
+	// already completed (a duplicate CQE), or completed and released.
 	IdleCID
 	// BadSQHead: the SQ head pointer is not below Depth.
 	BadSQHead
