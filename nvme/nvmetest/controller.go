@@ -18,7 +18,7 @@ const (
 	regINTMC = 0x10 // Interrupt Mask Clear
 	regCC    = 0x14 // Controller Configuration
 	regCSTS  = 0x1c // Controller Status
-	regNSSR  = 0x20 // NVM Subsystem Reset
+	regNSSR  = 0x20 // NVM Subsystem Reset: CAP.NSSRS is 0, so writes are ignored
 	regAQA   = 0x24 // Admin Queue Attributes
 	regASQ   = 0x28 // Admin Submission Queue Base Address, 64-bit
 	regACQ   = 0x30 // Admin Completion Queue Base Address, 64-bit
@@ -34,7 +34,6 @@ const (
 	// CSTS.SHST values (bits 3:2).
 	shstProcessing = 1 << 2
 	shstComplete   = 2 << 2
-	cstsNSSRO      = 1 << 4
 )
 
 // NamespaceConfig describes one namespace. Namespaces are numbered from 1 in
@@ -419,11 +418,6 @@ func (c *Controller) Write32(off int, v uint32) {
 		c.intms &^= v
 	case regCC:
 		c.writeCCLocked(v)
-	case regNSSR:
-		if v == 0x4e564d65 { // "NVMe": NVM subsystem reset
-			c.resetLocked()
-			c.csts |= cstsNSSRO
-		}
 	case regAQA:
 		c.aqa = v & 0x0fff0fff
 	case regASQ:

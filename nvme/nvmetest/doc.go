@@ -18,8 +18,8 @@
 // # What it models
 //
 // Registers: CAP (MQES, CQR=1, TO, DSTRD=0, CSS=NVM, MPSMIN=0, MPSMAX=4),
-// VS 1.4, INTMS/INTMC, CC, CSTS, NSSR, AQA, ASQ, ACQ, and doorbells from
-// 0x1000 with a 4-byte stride. CC.EN 0->1 checks CC (CSS 0, MPS, AMS 0,
+// VS 1.4, INTMS/INTMC, CC, CSTS, AQA, ASQ, ACQ, and doorbells from 0x1000
+// with a 4-byte stride (NSSR writes are ignored: CAP.NSSRS is 0). CC.EN 0->1 checks CC (CSS 0, MPS, AMS 0,
 // IOSQES 6, IOCQES 4: stricter than the spec, which lets IOSQES/IOCQES wait
 // until I/O queues are created, to catch a driver that forgets them), AQA
 // and page-aligned ASQ/ACQ; a bad configuration sets CSTS.CFS and

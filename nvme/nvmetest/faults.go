@@ -91,10 +91,12 @@ func DecodeCompletion(b []byte) Completion {
 // Fault is an injected misbehaviour. Add it with Controller.Inject; it
 // applies to commands for which Match returns true, when they are fetched.
 // The first matching fault wins. Effects combine: a Fault with Delay and
-// Status completes late with that status.
+// Status completes late with that status. Do not change a Fault's fields
+// after Inject; Hits is safe to call at any time.
 type Fault struct {
 	// Match selects commands; nil matches every command. See MatchOpcode,
-	// MatchCommand and MatchLBA.
+	// MatchCommand and MatchLBA. It runs with the controller locked, so it
+	// must not call Controller methods.
 	Match func(*Command) bool
 	// Skip lets the first Skip matching commands through untouched, so
 	// Skip: n-1, Count: 1 hits only the nth.
@@ -124,7 +126,8 @@ type Fault struct {
 	// command never completes.
 	UnknownCID bool
 	// BadSQHead posts an SQ head pointer equal to the queue size, one past
-	// the last valid slot.
+	// the last valid slot (for a 65536-entry queue every value is valid,
+	// so this has no effect there).
 	BadSQHead bool
 
 	seen, hits atomic.Int64

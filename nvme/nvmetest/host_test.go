@@ -1,6 +1,7 @@
 package nvmetest
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,6 +89,31 @@ func (q *hostQueue) submit(cmd Command) uint16 {
 	}
 	q.db.Ring(q.tail)
 	return cmd.CID
+}
+
+// tail64 posts cmd with the given cid and rings the doorbell; unlike
+// submit it touches no shared host state, so goroutines may use it on
+// their own queues.
+func (q *hostQueue) tail64(cmd Command, cid uint16) {
+	cmd.CID = cid
+	cmd.Encode(q.sq.Bytes[q.tail*64:])
+	q.tail = (q.tail + 1) % q.size
+	q.h.c.Write32(regDB+8*int(q.id), q.tail)
+}
+
+// waitErr is wait for other goroutines: it returns an error instead of
+// failing the test.
+func (q *hostQueue) waitErr() (Completion, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c, ok := q.poll(); ok {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return Completion{}, fmt.Errorf("queue %d: no completion within 5s", q.id)
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
 }
 
 // poll returns the next completion if one is visible; DW3 first, atomically.
