@@ -101,7 +101,10 @@ type Controller struct {
 	qids  []bool // qids[i]: I/O queue id i is in use (0 is admin)
 	pairs map[*QueuePair]struct{}
 
-	syncPairs chan *QueuePair // the synchronous API's queue pairs
+	syncPairs chan *QueuePair // the synchronous API's idle queue pairs
+	syncMu    sync.Mutex      // guards syncMade
+	syncMade  int             // synchronous queue pairs created so far
+	syncMax   int             // at most this many
 	syncPool  *Pool           // bounce buffers for the synchronous API
 	pools     []*Pool         // from NewPool, under qpMu; closed on Close
 
@@ -189,21 +192,17 @@ func (c *Controller) bringUp() error {
 	c.qids = make([]bool, n)
 	c.qids[0] = true
 
+	// The synchronous API's queue pairs are made on first use, so a user
+	// of a one-queue controller who only submits asynchronously gets it.
 	nsync := min(c.opts.SyncQueues, n-1)
 	c.syncPairs = make(chan *QueuePair, nsync)
+	c.syncMax = nsync
 	// One bounce buffer per synchronous queue pair, plus spares for
 	// commands abandoned after a timeout (they keep theirs until the
 	// controller answers).
 	c.syncPool, err = NewPool(c.dev.DMA(), nsync+2, c.maxTransfer)
 	if err != nil {
 		return fmt.Errorf("nvme: %w", err)
-	}
-	for range nsync {
-		qp, err := c.NewQueuePair(c.opts.SyncDepth)
-		if err != nil {
-			return fmt.Errorf("nvme: creating queue pair for synchronous I/O: %w", err)
-		}
-		c.syncPairs <- qp
 	}
 	return nil
 }

@@ -311,14 +311,33 @@ func (ns *Namespace) Deallocate(ctx context.Context, ranges ...BlockRange) error
 	return nil
 }
 
-// takeSyncPair borrows a queue pair of the synchronous API, waiting for
-// one until ctx is done.
+// takeSyncPair borrows a queue pair of the synchronous API: an idle one,
+// else a new one while fewer than Options.SyncQueues exist, else it waits
+// for one until ctx is done.
 func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 	select {
-	case qp, ok := <-c.syncPairs:
-		if !ok {
-			return nil, fmt.Errorf("nvme: controller %w", ErrClosed)
+	case qp := <-c.syncPairs:
+		return qp, nil
+	default:
+	}
+	c.syncMu.Lock()
+	if c.syncMade < c.syncMax {
+		qp, err := c.NewQueuePair(c.opts.SyncDepth)
+		if err == nil {
+			c.syncMade++
+			c.syncMu.Unlock()
+			return qp, nil
 		}
+		if c.syncMade == 0 {
+			c.syncMu.Unlock()
+			return nil, fmt.Errorf("nvme: creating a queue pair for synchronous I/O: %w", err)
+		}
+		// Queue ids ran out (the caller holds the rest): share ours.
+		c.syncMax = c.syncMade
+	}
+	c.syncMu.Unlock()
+	select {
+	case qp := <-c.syncPairs:
 		return qp, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("nvme: waiting for a synchronous queue pair: %w", ctx.Err())

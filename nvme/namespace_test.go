@@ -282,3 +282,30 @@ func TestSyncTimeoutCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOneQueueController: on a controller that grants a single I/O queue
+// (QEMU's max_ioqpairs=1), a caller may take it for asynchronous I/O; the
+// synchronous API then says why it cannot run, and works once it is back.
+func TestOneQueueController(t *testing.T) {
+	c, _ := openModel(t, nvmetest.Config{MaxQueuePairs: 1}, nil)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePair(8)
+	if err != nil {
+		t.Fatalf("the one queue pair: %v", err)
+	}
+	if _, err := c.NewQueuePair(8); !errors.Is(err, ErrQueueFull) || !strings.Contains(err.Error(), "all 1 I/O queue pairs") {
+		t.Errorf("second queue pair: %v, want ErrQueueFull naming the 1 granted", err)
+	}
+	if err := ns.ReadBlocks(context.Background(), 0, make([]byte, 512)); !errors.Is(err, ErrQueueFull) {
+		t.Errorf("synchronous read with no queue left: %v, want ErrQueueFull", err)
+	}
+	if err := qp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.ReadBlocks(context.Background(), 0, make([]byte, 512)); err != nil {
+		t.Errorf("synchronous read once the queue is back: %v", err)
+	}
+}
