@@ -43,6 +43,11 @@ type Options struct {
 	SyncQueues int
 	// SyncDepth is the depth of those queue pairs (default 8).
 	SyncDepth int
+	// SGL describes I/O data with an SGL Data Block descriptor instead of
+	// PRPs when the controller supports SGLs (Identify SGLS); otherwise
+	// PRPs are used. nvmepoll's buffers are contiguous in IOVA space, so
+	// one descriptor covers any transfer and no list page is needed.
+	SGL bool
 }
 
 func (o *Options) withDefaults() Options {
@@ -94,6 +99,7 @@ type Controller struct {
 
 	id          *IdentifyController
 	maxTransfer int // bytes per command: min(MaxTransfer, MDTS)
+	useSGL      bool // I/O data as one SGL Data Block (Options.SGL and SGLS)
 	sqGranted   int // I/O SQs the controller granted
 	cqGranted   int // I/O CQs the controller granted
 
@@ -178,6 +184,7 @@ func (c *Controller) bringUp() error {
 		}
 	}
 	c.maxTransfer = c.maxTransfer / PageSize * PageSize
+	c.useSGL = c.opts.SGL && id.SGLS.Supported()
 	if c.maxTransfer < PageSize {
 		return fmt.Errorf("nvme: maximum transfer %d bytes (MDTS %d, Options.MaxTransfer %d) is below one page: %w",
 			c.maxTransfer, id.MDTS, c.opts.MaxTransfer, ErrInvalidArgument)
@@ -322,6 +329,10 @@ func (c *Controller) Version() VS { return c.vs }
 
 // Identify is the Identify Controller data read at Open.
 func (c *Controller) Identify() *IdentifyController { return c.id }
+
+// UsesSGL reports whether I/O commands describe data with SGLs (see
+// Options.SGL) rather than PRPs.
+func (c *Controller) UsesSGL() bool { return c.useSGL }
 
 // MaxTransfer is the largest number of bytes one command moves: the
 // controller's MDTS, capped by Options.MaxTransfer.

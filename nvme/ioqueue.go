@@ -150,7 +150,9 @@ func (q *QueuePair) setup(depth int) error {
 	}
 	// Room for the largest transfer starting at the worst offset in its
 	// first page.
-	q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
+	if !c.useSGL {
+		q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
+	}
 	if q.listPages > 0 {
 		if q.prp, err = a.Alloc((depth - 1) * q.listPages * PageSize); err != nil {
 			return fmt.Errorf("nvme: allocating PRP lists for queue %d: %w", q.id, err)
@@ -248,7 +250,17 @@ func (q *QueuePair) post(r *Request) error {
 	if err != nil {
 		return ErrQueueFull
 	}
-	if n > 0 {
+	switch {
+	case n > 0 && q.c.useSGL:
+		// One SGL Data Block descriptor (type 0, subtype 0 in byte 15):
+		// the buffer is contiguous in IOVA space.
+		if r.Buf.IOVA%4 != 0 && q.c.id.SGLS.DwordAligned() {
+			q.pair.Release(cid)
+			return fmt.Errorf("nvme: %w: data address %#x is not dword aligned (the controller's SGLs must be)", ErrInvalidArgument, r.Buf.IOVA)
+		}
+		cmd.Flags |= psdtSGL
+		cmd.PRP1, cmd.PRP2 = r.Buf.IOVA, uint64(n)
+	case n > 0:
 		list := dma.Buffer{}
 		if q.listPages > 0 {
 			list = q.prp.Slice(int(cid)*q.listPages*PageSize, q.listPages*PageSize)
@@ -270,6 +282,9 @@ func (q *QueuePair) post(r *Request) error {
 	q.pair.Post(&cmd)
 	return nil
 }
+
+// psdtSGL is CDW0 PSDT = 01b: SGL for data, MPTR is an address.
+const psdtSGL = 1 << 6
 
 // build checks r and fills cmd (all but CID and PRPs). It returns the
 // number of data bytes to describe with PRPs (0 for none).
