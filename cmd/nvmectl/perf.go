@@ -1,0 +1,501 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nvmepoll/nvmepoll/nvme"
+)
+
+// demoSerialPrefix marks the controllers the demo may write to without --force: the guest's
+// demo controller is started with a serial beginning with it (scripts/demo-guest.sh).
+const demoSerialPrefix = "nvmepoll-demo"
+
+// offsetTable is how many random LBAs each queue pre-generates: the I/O loop cycles through
+// them, so no random number is drawn on the hot path.
+const offsetTable = 1 << 16
+
+type perfConfig struct {
+	nsid     uint32
+	depth    int
+	ioSize   int64
+	workload string
+	mix      int // percentage of reads for randrw
+	seconds  float64
+	queues   int
+	json     bool
+	hist     bool
+	force    bool
+}
+
+func cmdPerf(e *env, args []string) error {
+	fs := newFlags("perf")
+	var c perfConfig
+	nsid := nsidFlag(fs)
+	fs.IntVar(&c.depth, "q", 0, "queue depth: I/Os in flight per queue pair (1 to the controller's limit)")
+	size := fs.String("o", "4K", "I/O size in bytes (suffixes K, M, KiB...), a multiple of the block size")
+	fs.StringVar(&c.workload, "w", "", "workload: randread, randwrite, read, write or randrw")
+	fs.IntVar(&c.mix, "mix", 50, "percentage of reads for randrw (as fio's rwmixread, spdk_nvme_perf -M)")
+	fs.Float64Var(&c.seconds, "t", 0, "run time in seconds (fractions allowed)")
+	fs.IntVar(&c.queues, "j", 1, "queue pairs, each driven by its own goroutine")
+	asJSON := jsonFlags(fs)
+	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
+	fs.BoolVar(&c.force, "force", false, "allow a write workload on a controller that is not sim or the demo's")
+	pos, err := parse(e, "perf", fs, args)
+	if err != nil {
+		return err
+	}
+	c.json = *asJSON
+	spec, err := oneDevice(pos)
+	if err != nil {
+		return err
+	}
+	c.nsid = *nsid
+	if c.nsid == 0 {
+		c.nsid = 1
+	}
+	if c.ioSize, err = parseSize(*size); err != nil {
+		return usagef("-o: %v", err)
+	}
+	switch c.workload {
+	case "randread", "randwrite", "read", "write", "randrw":
+	case "":
+		return usagef("give the workload with -w: randread, randwrite, read, write or randrw")
+	default:
+		return usagef("unknown workload %q: want randread, randwrite, read, write or randrw", c.workload)
+	}
+	switch {
+	case c.depth <= 0:
+		return usagef("queue depth -q %d: give at least 1", c.depth)
+	case c.seconds <= 0:
+		return usagef("run time -t %g: give a positive number of seconds", c.seconds)
+	case c.queues <= 0:
+		return usagef("-j %d: give at least 1 queue pair", c.queues)
+	case c.mix < 0 || c.mix > 100:
+		return usagef("--mix %d: a percentage of reads, 0-100", c.mix)
+	case c.ioSize <= 0:
+		return usagef("-o %s: the I/O size must be positive", *size)
+	}
+	// One extra queue pair serves the synchronous API Namespace uses for Identify.
+	opts := &nvme.Options{IOQueues: c.queues + 1, SyncQueues: 1}
+	return withDevice(spec, opts, func(d *device) error {
+		return runPerf(e, d, &c)
+	})
+}
+
+func (c *perfConfig) writes() bool { return c.workload != "randread" && c.workload != "read" }
+
+// perfWorker drives one queue pair from one goroutine.
+type perfWorker struct {
+	id    int
+	qp    *nvme.QueuePair
+	pool  *nvme.Pool
+	reqs  []nvme.Request
+	free  []*nvme.Request // completed, to resubmit; preallocated
+	start []int64         // submit time of request i (its Tag), ns since epoch
+	epoch time.Time
+
+	lbas    []uint64 // random LBAs, cycled; nil for sequential
+	seqNext uint64   // next LBA of a sequential workload
+	seqLo   uint64   // this worker's sequential region
+	seqHi   uint64
+	writes  []bool // randrw: whether the i-th I/O is a write
+	next    int
+	opcode  nvme.NVMOpcode
+	blocks  uint64 // blocks per I/O
+
+	hist           histogram
+	ios            atomic.Uint64 // completed I/Os, read by the progress line
+	reads, writesN uint64
+	errs           uint64
+	firstErr       error
+	done           func(*nvme.Request)
+}
+
+func runPerf(e *env, d *device, c *perfConfig) error {
+	ns, err := d.namespace(c.nsid)
+	if err != nil {
+		return err
+	}
+	bs := int64(ns.BlockSize())
+	maxDepth := d.ctrl.CAP().MaxQueueEntries() - 1
+	switch {
+	case c.ioSize%bs != 0:
+		return usagef("-o %d is not a multiple of the %d-byte block size of namespace %d", c.ioSize, bs, ns.ID())
+	case c.ioSize > int64(d.ctrl.MaxTransfer()):
+		return usagef("-o %d is above the controller's largest transfer, %d bytes (MDTS)", c.ioSize, d.ctrl.MaxTransfer())
+	case uint64(c.ioSize/bs) > ns.Blocks():
+		return usagef("-o %d is larger than namespace %d (%d bytes)", c.ioSize, ns.ID(), ns.Size())
+	case c.depth > maxDepth:
+		return usagef("queue depth -q %d is above the controller's limit of %d (CAP.MQES allows %d entries, one stays empty)", c.depth, maxDepth, maxDepth+1)
+	}
+	if sq, cq := d.ctrl.QueuesGranted(); c.queues > min(sq, cq)-1 {
+		return usagef("-j %d: the controller granted %d I/O queue pairs, and nvmectl keeps one for its own commands; use -j %d at most", c.queues, min(sq, cq), max(1, min(sq, cq)-1))
+	}
+	if c.writes() && !c.force && !d.sim && !strings.HasPrefix(d.ctrl.Identify().SN, demoSerialPrefix) {
+		return usagef("-w %s overwrites data on %s (serial %q); add --force if that is what you want", c.workload, d.name, d.ctrl.Identify().SN)
+	}
+
+	workers := make([]*perfWorker, c.queues)
+	defer func() {
+		for _, w := range workers {
+			if w != nil {
+				w.close()
+			}
+		}
+	}()
+	epoch := time.Now()
+	for i := range workers {
+		w, err := newPerfWorker(d, ns, c, i, epoch)
+		if err != nil {
+			return err
+		}
+		workers[i] = w
+	}
+
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	begin := time.Now()
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(&stop)
+		}()
+	}
+	progress := isTerminal(e.stdout) && !c.json
+	deadline := time.After(time.Duration(c.seconds * float64(time.Second)))
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var last uint64
+	for waiting := true; waiting; {
+		select {
+		case <-deadline:
+			waiting = false
+		case <-tick.C:
+			if progress {
+				var n uint64
+				for _, w := range workers {
+					n += w.ios.Load()
+				}
+				fmt.Fprintf(e.stdout, "\r[%4.0fs] %10.0f IOPS %9.2f MiB/s", time.Since(begin).Seconds(), float64(n-last),
+					float64(n-last)*float64(c.ioSize)/(1<<20))
+				last = n
+			}
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	elapsed := time.Since(begin)
+	if progress {
+		fmt.Fprint(e.stdout, "\r\033[K")
+	}
+	rep := perfReport(d, ns, c, workers, elapsed)
+	if c.json {
+		if err := writeJSON(e.stdout, rep); err != nil {
+			return err
+		}
+	} else {
+		printPerf(e.stdout, d, ns, c, workers, elapsed)
+	}
+	for _, w := range workers {
+		if w.firstErr != nil {
+			return fmt.Errorf("%s: %d I/O errors on queue %d, the first: %w", d.name, w.errs, w.qp.ID(), w.firstErr)
+		}
+	}
+	return nil
+}
+
+func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, epoch time.Time) (*perfWorker, error) {
+	qp, err := d.ctrl.NewQueuePair(c.depth + 1)
+	if err != nil {
+		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
+	}
+	w := &perfWorker{id: id, qp: qp, epoch: epoch, blocks: uint64(c.ioSize) / uint64(ns.BlockSize())}
+	w.pool, err = d.ctrl.NewPool(c.depth, int(c.ioSize))
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("%s: allocating %d buffers of %d bytes: %w", d.name, c.depth, c.ioSize, err)
+	}
+	w.reqs = make([]nvme.Request, c.depth)
+	w.free = make([]*nvme.Request, 0, c.depth)
+	w.start = make([]int64, c.depth)
+	w.done = func(r *nvme.Request) { w.complete(r) }
+	w.opcode = nvme.NVMRead
+	if c.workload == "randwrite" || c.workload == "write" {
+		w.opcode = nvme.NVMWrite
+	}
+	for i := range w.reqs {
+		buf, err := w.pool.Get()
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		buf = buf.Slice(0, int(c.ioSize))
+		for j := range buf.Bytes {
+			buf.Bytes[j] = byte(i + j) // a pattern, not zeros: a write workload writes something
+		}
+		w.reqs[i] = nvme.Request{Namespace: ns, Blocks: int(w.blocks), Buf: buf, Done: w.done, Tag: uint64(i)}
+	}
+	// Offsets: aligned to the I/O size, within the namespace.
+	slots := ns.Blocks() / w.blocks
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)))
+	if strings.HasPrefix(c.workload, "rand") {
+		w.lbas = make([]uint64, offsetTable)
+		for i := range w.lbas {
+			w.lbas[i] = rng.Uint64N(slots) * w.blocks
+		}
+	} else {
+		// Each queue reads or writes its own stretch, in order, wrapping at its end.
+		per := max(slots/uint64(c.queues), 1)
+		w.seqLo = uint64(id) * per % slots * w.blocks
+		w.seqHi = min(w.seqLo+per*w.blocks, slots*w.blocks)
+		w.seqNext = w.seqLo
+	}
+	if c.workload == "randrw" {
+		w.writes = make([]bool, offsetTable)
+		for i := range w.writes {
+			w.writes[i] = rng.IntN(100) >= c.mix
+		}
+	}
+	return w, nil
+}
+
+// prepare sets the request's command for the next I/O of the workload.
+func (w *perfWorker) prepare(r *nvme.Request) {
+	if w.lbas != nil {
+		r.LBA = w.lbas[w.next]
+	} else {
+		r.LBA = w.seqNext
+		w.seqNext += w.blocks
+		if w.seqNext+w.blocks > w.seqHi {
+			w.seqNext = w.seqLo
+		}
+	}
+	r.Opcode = w.opcode
+	if w.writes != nil && w.writes[w.next] {
+		r.Opcode = nvme.NVMWrite
+	}
+	w.next++
+	if w.next == offsetTable {
+		w.next = 0
+	}
+	w.start[r.Tag] = int64(time.Since(w.epoch))
+}
+
+func (w *perfWorker) complete(r *nvme.Request) {
+	w.hist.record(uint64(int64(time.Since(w.epoch)) - w.start[r.Tag]))
+	if r.Opcode == nvme.NVMWrite {
+		w.writesN++
+	} else {
+		w.reads++
+	}
+	if r.Err != nil {
+		w.errs++
+		if w.firstErr == nil {
+			w.firstErr = r.Err
+		}
+	}
+	w.ios.Add(1)
+	w.free = append(w.free, r) // cap is the depth: never grows
+}
+
+// run keeps the queue full until stop, then drains it.
+func (w *perfWorker) run(stop *atomic.Bool) {
+	for i := range w.reqs {
+		w.free = append(w.free, &w.reqs[i])
+	}
+	for !stop.Load() && w.firstErr == nil {
+		for _, r := range w.free {
+			w.prepare(r)
+		}
+		n, err := w.qp.SubmitBatch(w.free)
+		if err != nil && !errors.Is(err, nvme.ErrQueueFull) {
+			w.errs++
+			w.firstErr = fmt.Errorf("submitting: %w", err)
+			break
+		}
+		// Those not posted stay in free for the next round.
+		w.free = w.free[:copy(w.free, w.free[n:])]
+		if _, err := w.qp.Poll(1, len(w.reqs)); err != nil {
+			w.errs++
+			w.firstErr = fmt.Errorf("polling: %w", err)
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for w.qp.Inflight() > 0 {
+		if _, err := w.qp.PollContext(ctx, w.qp.Inflight(), len(w.reqs)); err != nil {
+			if w.firstErr == nil {
+				w.firstErr = fmt.Errorf("draining: %w", err)
+			}
+			return
+		}
+	}
+}
+
+func (w *perfWorker) close() {
+	if w.qp != nil {
+		w.qp.Close()
+	}
+	if w.pool != nil {
+		w.pool.Close()
+	}
+}
+
+// ---- reporting -------------------------------------------------------------------------------
+
+type latencyJSON struct {
+	Min   float64 `json:"min"`
+	Avg   float64 `json:"avg"`
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
+	P999  float64 `json:"p99.9"`
+	Max   float64 `json:"max"`
+	Units string  `json:"units"`
+}
+
+type doorbellJSON struct {
+	Posted      uint64  `json:"posted"`
+	Completed   uint64  `json:"completed"`
+	SQDoorbells uint64  `json:"sq_doorbells"`
+	CQDoorbells uint64  `json:"cq_doorbells"`
+	SQPerIO     float64 `json:"sq_doorbells_per_io"`
+	CQPerIO     float64 `json:"cq_doorbells_per_io"`
+	BadCQEs     uint64  `json:"bad_cqes"`
+}
+
+type bucketJSON struct {
+	UpToUS float64 `json:"le_us"`
+	Count  uint64  `json:"count"`
+}
+
+type perfJobJSON struct {
+	Queue     int           `json:"queue"`
+	IOs       uint64        `json:"ios"`
+	Reads     uint64        `json:"reads"`
+	Writes    uint64        `json:"writes"`
+	Errors    uint64        `json:"errors"`
+	IOPS      float64       `json:"iops"`
+	MiBps     float64       `json:"mib_per_s"`
+	Latency   latencyJSON   `json:"latency"`
+	Doorbells *doorbellJSON `json:"doorbells,omitempty"`
+	Histogram []bucketJSON  `json:"histogram,omitempty"`
+}
+
+type perfJSON struct {
+	Device     string        `json:"device"`
+	NSID       uint32        `json:"nsid"`
+	Workload   string        `json:"workload"`
+	ReadPct    *int          `json:"rwmixread,omitempty"`
+	IOSize     int64         `json:"io_size"`
+	QueueDepth int           `json:"queue_depth"`
+	Queues     int           `json:"queues"`
+	Seconds    float64       `json:"seconds"`
+	Jobs       []perfJobJSON `json:"jobs"`
+	Total      perfJobJSON   `json:"total"`
+}
+
+func us(ns float64) float64 { return float64(int64(ns/10+0.5)) / 100 } // ns -> µs, 2 decimals
+
+func jobJSON(queue int, h *histogram, reads, writes, errs uint64, elapsed time.Duration, ioSize int64, withHist bool) perfJobJSON {
+	ios := h.n
+	j := perfJobJSON{Queue: queue, IOs: ios, Reads: reads, Writes: writes, Errors: errs,
+		IOPS:  float64(ios) / elapsed.Seconds(),
+		MiBps: float64(ios) * float64(ioSize) / (1 << 20) / elapsed.Seconds(),
+		Latency: latencyJSON{Min: us(float64(h.min)), Avg: us(h.mean()), P50: us(float64(h.quantile(0.5))),
+			P99: us(float64(h.quantile(0.99))), P999: us(float64(h.quantile(0.999))), Max: us(float64(h.max)), Units: "us"},
+	}
+	j.IOPS = float64(int64(j.IOPS*10+0.5)) / 10
+	j.MiBps = float64(int64(j.MiBps*100+0.5)) / 100
+	if withHist {
+		for i, c := range h.counts {
+			if c > 0 {
+				_, hi := histBounds(i)
+				j.Histogram = append(j.Histogram, bucketJSON{UpToUS: us(float64(hi)), Count: c})
+			}
+		}
+	}
+	return j
+}
+
+func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWorker, elapsed time.Duration) perfJSON {
+	r := perfJSON{Device: d.name, NSID: ns.ID(), Workload: c.workload, IOSize: c.ioSize, QueueDepth: c.depth,
+		Queues: c.queues, Seconds: float64(int64(elapsed.Seconds()*1000)) / 1000}
+	if c.workload == "randrw" {
+		r.ReadPct = &c.mix
+	}
+	var total histogram
+	var reads, writes, errs uint64
+	for _, w := range workers {
+		j := jobJSON(int(w.qp.ID()), &w.hist, w.reads, w.writesN, w.errs, elapsed, c.ioSize, c.hist)
+		st := w.qp.Stats()
+		db := &doorbellJSON{Posted: st.Posted, Completed: st.Completed, SQDoorbells: st.SQDoorbells, CQDoorbells: st.CQDoorbells, BadCQEs: st.Bad()}
+		if w.hist.n > 0 {
+			db.SQPerIO = float64(int64(float64(st.SQDoorbells)/float64(w.hist.n)*1000)) / 1000
+			db.CQPerIO = float64(int64(float64(st.CQDoorbells)/float64(w.hist.n)*1000)) / 1000
+		}
+		j.Doorbells = db
+		r.Jobs = append(r.Jobs, j)
+		total.merge(&w.hist)
+		reads, writes, errs = reads+w.reads, writes+w.writesN, errs+w.errs
+	}
+	r.Total = jobJSON(0, &total, reads, writes, errs, elapsed, c.ioSize, c.hist)
+	return r
+}
+
+func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWorker, elapsed time.Duration) {
+	r := perfReport(d, ns, c, workers, elapsed)
+	mix := ""
+	if r.ReadPct != nil {
+		mix = fmt.Sprintf(" (%d%% reads)", *r.ReadPct)
+	}
+	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d, %d queue pair(s), %.2f s\n\n",
+		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, c.queues, elapsed.Seconds())
+	fmt.Fprintf(out, "%-10s %12s %10s %10s %10s %10s %10s %10s %10s\n", "", "IOPS", "MiB/s", "min", "avg", "p50", "p99", "p99.9", "max")
+	row := func(name string, j perfJobJSON) {
+		l := j.Latency
+		fmt.Fprintf(out, "%-10s %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", name, j.IOPS, j.MiBps, l.Min, l.Avg, l.P50, l.P99, l.P999, l.Max)
+	}
+	for _, j := range r.Jobs {
+		row(fmt.Sprintf("queue %d", j.Queue), j)
+	}
+	row("total", r.Total)
+	fmt.Fprintf(out, "(latency in microseconds; %d I/Os, %d reads, %d writes, %d errors)\n\n", r.Total.IOs, r.Total.Reads, r.Total.Writes, r.Total.Errors)
+	fmt.Fprintf(out, "doorbells: ")
+	for i, j := range r.Jobs {
+		if i > 0 {
+			fmt.Fprintf(out, "           ")
+		}
+		db := j.Doorbells
+		fmt.Fprintf(out, "queue %d: %d SQ writes (%.3f per I/O), %d CQ writes (%.3f per I/O), %d commands posted, %d bad CQEs\n",
+			j.Queue, db.SQDoorbells, db.SQPerIO, db.CQDoorbells, db.CQPerIO, db.Posted, db.BadCQEs)
+	}
+	if c.hist {
+		fmt.Fprintf(out, "\nlatency histogram (all queues):\n")
+		var cum uint64
+		for _, b := range r.Total.Histogram {
+			cum += b.Count
+			fmt.Fprintf(out, "  <= %10.2f us: %10d  %6.2f%%\n", b.UpToUS, b.Count, 100*float64(cum)/float64(r.Total.IOs))
+		}
+	}
+}
+
+// isTerminal reports whether w is a terminal (a character device), for the progress line.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
