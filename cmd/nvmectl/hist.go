@@ -14,8 +14,8 @@ type histogram struct {
 
 const (
 	histSubBits = 5
-	histSub     = 1 << histSubBits       // buckets per power of two
-	histLinear  = 2 * histSub            // values below this have their own bucket
+	histSub     = 1 << histSubBits        // buckets per power of two
+	histLinear  = 2 * histSub             // values below this have their own bucket
 	histBuckets = histLinear + 58*histSub // enough for any uint64
 )
 
