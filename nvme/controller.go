@@ -98,10 +98,10 @@ type Controller struct {
 	closed    bool // under adminMu
 
 	id          *IdentifyController
-	maxTransfer int // bytes per command: min(MaxTransfer, MDTS)
+	maxTransfer int  // bytes per command: min(MaxTransfer, MDTS)
 	useSGL      bool // I/O data as one SGL Data Block (Options.SGL and SGLS)
-	sqGranted   int // I/O SQs the controller granted
-	cqGranted   int // I/O CQs the controller granted
+	sqGranted   int  // I/O SQs the controller granted
+	cqGranted   int  // I/O CQs the controller granted
 
 	qpMu  sync.Mutex
 	qids  []bool // qids[i]: I/O queue id i is in use (0 is admin)
