@@ -364,33 +364,49 @@ func (c *Controller) doorbellBufferLocked(cmd *Command) result {
 		return bad(StatusInvalidField)
 	}
 	c.shadow, c.eventIdx = cmd.PRP1, cmd.PRP2
+	// Queues that already exist keep their doorbell values: seed both
+	// buffers with them, so a zeroed shadow page is not read as "tail 0".
+	for qid := 1; qid < len(c.sqs); qid++ {
+		if sq := c.sqs[qid]; sq != nil {
+			c.mem.store32(c.shadow+uint64(8*qid), sq.tail)
+		}
+		if cq := c.cqs[qid]; cq != nil {
+			c.mem.store32(c.shadow+uint64(8*qid+4), cq.head)
+		}
+	}
+	c.writeEventIdxLocked()
 	return result{}
 }
 
-// readShadowLocked takes I/O queue doorbell values from the shadow buffer.
-// Values out of range are ignored and counted like bad MMIO writes.
-func (c *Controller) readShadowLocked() {
+// readShadowLocked takes I/O queue doorbell values from the shadow buffer
+// and reports whether any changed. Values out of range are ignored and
+// counted like bad MMIO writes.
+func (c *Controller) readShadowLocked() bool {
 	if c.shadow == 0 {
-		return
+		return false
 	}
+	changed := false
 	for qid := 1; qid < len(c.sqs); qid++ {
 		if sq := c.sqs[qid]; sq != nil {
 			v := c.mem.load32(c.shadow + uint64(8*qid))
-			if v < sq.size {
-				sq.tail = v
-			} else {
+			switch {
+			case v >= sq.size:
 				c.stats.InvalidDoorbellWrites++
+			case v != sq.tail:
+				sq.tail, changed = v, true
 			}
 		}
 		if cq := c.cqs[qid]; cq != nil {
 			v := c.mem.load32(c.shadow + uint64(8*qid+4))
-			if cq.headOK(v) {
-				cq.head = v
-			} else {
+			switch {
+			case !cq.headOK(v):
 				c.stats.InvalidDoorbellWrites++
+			case v != cq.head:
+				cq.head, changed = v, true
 			}
 		}
 	}
+	return changed
 }
 
 // writeEventIdxLocked tells the host what the model has consumed, so it

@@ -669,8 +669,17 @@ func (c *Controller) runLocked() {
 			}
 		}
 		if !progress {
+			// With shadow doorbells, publish what was consumed, then look
+			// again: the host may have moved a shadow tail after the last
+			// read but before it saw the new EventIdx, and then it rings
+			// no MMIO doorbell (it believes the controller is awake).
+			if c.eventIdx == 0 {
+				return
+			}
 			c.writeEventIdxLocked()
-			return
+			if !c.readShadowLocked() {
+				return
+			}
 		}
 	}
 }

@@ -30,6 +30,27 @@ type hostQueue struct {
 	head   uint32
 	phase  uint32
 	db     queue.Doorbell
+	// With shadow doorbells: the shared shadow and EventIdx pages.
+	shadow, event *dma.Buffer
+}
+
+// doorbell publishes a new SQ tail (cq false) or CQ head: straight to MMIO,
+// or with shadow doorbells to the shadow page, followed by an MMIO write
+// only if the value moves past the controller's EventIdx (the rule Linux
+// uses, nvme_dbbuf_need_event).
+func (q *hostQueue) doorbell(cq bool, old, v uint32) {
+	off := 8 * int(q.id)
+	if cq {
+		off += 4
+	}
+	if q.shadow != nil {
+		atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.shadow.Bytes[off])), v)
+		ev := atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.event.Bytes[off])))
+		if uint16(v-ev-1) >= uint16(v-old) {
+			return
+		}
+	}
+	q.h.c.Write32(regDB+off, v)
 }
 
 func (h *host) alloc(n int) dma.Buffer {
@@ -97,8 +118,9 @@ func (q *hostQueue) submit(cmd Command) uint16 {
 func (q *hostQueue) tail64(cmd Command, cid uint16) {
 	cmd.CID = cid
 	cmd.Encode(q.sq.Bytes[q.tail*64:])
+	old := q.tail
 	q.tail = (q.tail + 1) % q.size
-	q.h.c.Write32(regDB+8*int(q.id), q.tail)
+	q.doorbell(false, old, q.tail)
 }
 
 // waitErr is wait for other goroutines: it returns an error instead of
@@ -124,11 +146,12 @@ func (q *hostQueue) poll() (Completion, bool) {
 		return Completion{}, false
 	}
 	c := DecodeCompletion(e)
+	old := q.head
 	q.head++
 	if q.head == q.size && q.cqSize == 0 || q.head == q.cqSize {
 		q.head, q.phase = 0, q.phase^1
 	}
-	q.h.c.Write32(regDB+8*int(q.id)+4, q.head)
+	q.doorbell(true, old, q.head)
 	return c, true
 }
 

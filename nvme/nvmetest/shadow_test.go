@@ -10,32 +10,36 @@ func TestShadowDoorbells(t *testing.T) {
 	io := h.ioQueue(1, 8)
 	shadow, event := h.alloc(4096), h.alloc(4096)
 	h.admin.status(Command{Opcode: OpDoorbellBuf, PRP1: shadow.IOVA + 8, PRP2: event.IOVA}, StatusInvalidField)
+	io.ok(Command{Opcode: OpFlush, NSID: 1}) // queue in use before the buffers exist
 	h.admin.ok(Command{Opcode: OpDoorbellBuf, PRP1: shadow.IOVA, PRP2: event.IOVA})
+	if sh, ev := le.Uint32(shadow.Bytes[8:]), le.Uint32(event.Bytes[8:]); sh != 1 || ev != 1 {
+		t.Fatalf("after Doorbell Buffer Config SQ 1 shadow %d EventIdx %d, want both seeded with tail 1", sh, ev)
+	}
 
 	// Two commands; the shadow says tail 2, the MMIO write (the host's
 	// "wake up") carries a stale 1. The model trusts the shadow.
-	for i := range 2 {
-		(&Command{Opcode: OpFlush, NSID: 1, CID: uint16(i)}).Encode(io.sq.Bytes[64*i:])
+	for i := 1; i <= 2; i++ {
+		(&Command{Opcode: OpFlush, NSID: 1, CID: uint16(100 + i)}).Encode(io.sq.Bytes[64*i:])
 	}
-	io.tail = 2
-	le.PutUint32(shadow.Bytes[8:], 2)
-	h.c.Write32(regDB+8, 1)
-	if a, b := io.wait(), io.wait(); a.CID != 0 || b.CID != 1 {
-		t.Fatalf("completions for cids %d, %d; want 0, 1", a.CID, b.CID)
+	io.tail = 3
+	le.PutUint32(shadow.Bytes[8:], 3)
+	h.c.Write32(regDB+8, 2)
+	if a, b := io.wait(), io.wait(); a.CID != 101 || b.CID != 102 {
+		t.Fatalf("completions for cids %d, %d; want 101, 102", a.CID, b.CID)
 	}
-	if ev := le.Uint32(event.Bytes[8:]); ev != 2 {
-		t.Errorf("SQ 1 EventIdx = %d, want 2 (the tail the model consumed)", ev)
+	if ev := le.Uint32(event.Bytes[8:]); ev != 3 {
+		t.Errorf("SQ 1 EventIdx = %d, want 3 (the tail the model consumed)", ev)
 	}
 	// The CQ head comes from the shadow too.
-	le.PutUint32(shadow.Bytes[12:], 2)
-	(&Command{Opcode: OpFlush, NSID: 1, CID: 2}).Encode(io.sq.Bytes[128:])
-	le.PutUint32(shadow.Bytes[8:], 3)
-	h.c.Write32(regDB+8, 3)
-	if cq, _ := h.c.CompletionQueue(1); cq.Head != 2 {
-		t.Errorf("CQ 1 head %d, want 2 from the shadow doorbell", cq.Head)
+	le.PutUint32(shadow.Bytes[12:], 3)
+	(&Command{Opcode: OpFlush, NSID: 1, CID: 103}).Encode(io.sq.Bytes[192:])
+	le.PutUint32(shadow.Bytes[8:], 4)
+	h.c.Write32(regDB+8, 4)
+	if cq, _ := h.c.CompletionQueue(1); cq.Head != 3 {
+		t.Errorf("CQ 1 head %d, want 3 from the shadow doorbell", cq.Head)
 	}
-	if c := io.wait(); c.CID != 2 {
-		t.Fatalf("cid %d, want 2", c.CID)
+	if c := io.wait(); c.CID != 103 {
+		t.Fatalf("cid %d, want 103", c.CID)
 	}
 	// A reset forgets the buffers.
 	h.c.Write32(regCC, 0)
