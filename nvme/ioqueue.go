@@ -495,19 +495,22 @@ func (q *QueuePair) exec(ctx context.Context, r *Request) error {
 
 func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) error {
 	what := fmt.Sprintf("nvme: %v nsid %d lba %d+%d on queue %d", r.Opcode, r.Namespace.id, r.LBA, r.Blocks, q.id)
+	serr := q.c.Status()
 	if posted {
 		r.abandoned = true
 		q.abandoned++
 		what += fmt.Sprintf(" (cid %d)", r.cid)
-		// Ask the controller to abort it, so the slot comes back soon
-		// rather than at Close. Best effort: many controllers decline.
-		actx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if aborted, aerr := q.c.Abort(actx, q.id, r.cid); aerr == nil && aborted {
-			q.ring.Poll(0, iopoll.Batch)
+		if serr == nil {
+			// Ask the controller to abort it, so the slot comes back
+			// soon. Best effort: many controllers decline.
+			actx, cancel := context.WithTimeout(context.Background(), time.Second)
+			if aborted, aerr := q.c.Abort(actx, q.id, r.cid); aerr == nil && aborted {
+				q.ring.Poll(0, iopoll.Batch)
+			}
+			cancel()
 		}
-		cancel()
 	}
-	if serr := q.c.Status(); serr != nil {
+	if serr != nil {
 		return fmt.Errorf("%s: %w", what, serr)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {

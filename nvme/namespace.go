@@ -344,4 +344,18 @@ func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 	}
 }
 
-func (c *Controller) putSyncPair(qp *QueuePair) { c.syncPairs <- qp }
+// putSyncPair gives a synchronous queue pair back. A pair holding a
+// command its caller gave up on is retired instead: the controller may
+// never answer it (a dropped completion, or an entry the queue cannot see
+// past), so the pair is deleted, which frees the slot and the bounce
+// buffer, and the next caller makes a fresh one.
+func (c *Controller) putSyncPair(qp *QueuePair) {
+	if qp.abandoned == 0 {
+		c.syncPairs <- qp
+		return
+	}
+	qp.Close() // its error is the controller's state, which the caller already saw
+	c.syncMu.Lock()
+	c.syncMade--
+	c.syncMu.Unlock()
+}
