@@ -115,7 +115,7 @@ func openNode(path string, group int) (int, error) {
 		}
 	case errors.Is(err, unix.EBUSY):
 		return -1, &hintError{
-			msg:      fmt.Sprintf("vfio: %s: IOMMU group %d is already open in another process (a VFIO group has one user at a time)", path, group),
+			msg:      fmt.Sprintf("vfio: %s: IOMMU group %d is already open, by another process or another Device in this one (a VFIO group has one user at a time)", path, group),
 			sentinel: ErrBusy, cause: err,
 		}
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
