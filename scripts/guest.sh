@@ -64,7 +64,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cache=${NVMEPOLL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nvmepoll}
+cache=${NVMEPOLL_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/nvmepoll}
 
 die() {
 	echo "guest.sh: $*" >&2
@@ -393,7 +393,9 @@ marker="nvmepoll-guest-exit-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
 echo "$marker" >"$root/etc/nvmepoll/marker"
 (cd "$root" && find . | cpio -o -H newc -R 0:0 --quiet) >"$tmp/initrd" || die "cpio failed"
 
-cmdline="console=ttyS0 intel_iommu=on panic=-1 loglevel=7 rdinit=/init$append"
+# no_timer_check: under TCG on a busy host the kernel's boot-time check that the timer interrupt
+# arrives through the (remapped) IO-APIC can time out and panic; the timer works regardless.
+cmdline="console=ttyS0 intel_iommu=on no_timer_check panic=-1 loglevel=7 rdinit=/init$append"
 [[ $kernel_nvme == 1 ]] || cmdline+=" initcall_blacklist=nvme_init"
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -404,26 +406,43 @@ if ! flock -n 9; then
 	flock -w "$timeout_s" 9 || die "waited $timeout_s s for /tmp/nvmepoll-guest.lock"
 fi
 
-: >"$tmp/payload.log"
+# boot runs the guest once, streaming the command's output; sets qemu_rc.
+boot() {
+	: >"$tmp/payload.log"
+	: >"$tmp/console.log"
+	# ttyS0 is the console (kernel log, init's set-up log); ttyS1 carries only the command's output.
+	timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+		-accel tcg -M q35 -cpu qemu64 -smp "$cpus" -m "$mem" \
+		-nodefaults -display none -no-reboot \
+		-device intel-iommu,intremap=on \
+		-kernel "$kdir/vmlinuz" -initrd "$tmp/initrd" -append "$cmdline" \
+		-serial "file:$tmp/console.log" -serial "file:$tmp/payload.log" \
+		"${qemu_dev[@]}" </dev/null >"$tmp/qemu.out" 2>&1 9>&- &
+	qemu_pid=$!
+	# Drop serial CRs and the exit marker. The marker may follow output that did not end in a
+	# newline, so it is matched anywhere on a line.
+	tail -n +1 -F --pid="$qemu_pid" "$tmp/payload.log" 2>/dev/null |
+		sed -u -e 's/\r$//' -e "/^$marker [0-9]*\$/d" -e "s/$marker [0-9]*\$//" || true
+	qemu_rc=0
+	wait "$qemu_pid" || qemu_rc=$?
+	qemu_pid=""
+}
+
 start=$SECONDS
-# ttyS0 is the console (kernel log and init's set-up log); ttyS1 carries only the command's output.
-timeout -k 10 "$timeout_s" qemu-system-x86_64 \
-	-accel tcg -M q35 -cpu qemu64 -smp "$cpus" -m "$mem" \
-	-nodefaults -display none -no-reboot \
-	-device intel-iommu,intremap=on \
-	-kernel "$kdir/vmlinuz" -initrd "$tmp/initrd" -append "$cmdline" \
-	-serial "file:$tmp/console.log" -serial "file:$tmp/payload.log" \
-	"${qemu_dev[@]}" </dev/null >"$tmp/qemu.out" 2>&1 9>&- &
-qemu_pid=$!
-# Stream the command's output while the guest runs; drop serial CRs and the exit marker.
-tail -n +1 -F --pid="$qemu_pid" "$tmp/payload.log" 2>/dev/null | sed -u -e 's/\r$//' -e "/^$marker/d" || true
-qemu_rc=0
-wait "$qemu_pid" || qemu_rc=$?
-qemu_pid=""
+boot
+# A guest that died before /init started the command (a kernel panic while booting: on a loaded
+# host TCG can be slow enough for the kernel's boot-time timer checks to fail) is booted once
+# more; a failure after that point is the command's or the set-up's and is never retried.
+if [[ $qemu_rc == 0 && ! -s $tmp/payload.log ]] && ! grep -q 'nvmepoll-init: running' "$tmp/console.log"; then
+	say "the guest died while booting, before the command started; booting it once more"
+	grep -aE 'Kernel panic|not syncing' "$tmp/console.log" | tr -d '\r' >&2 || true
+	cp "$tmp/console.log" "$tmp/console.first.log"
+	boot
+fi
 flock -u 9
 elapsed=$((SECONDS - start))
 
-status=$(tr -d '\r' <"$tmp/payload.log" | sed -n "s/^$marker \([0-9]*\)\$/\1/p" | tail -n1)
+status=$(tr -d '\r' <"$tmp/payload.log" | grep -ao "$marker [0-9]*\$" | tail -n1 | cut -d' ' -f2 || true)
 why=""
 if [[ $qemu_rc == 124 || $qemu_rc == 137 ]]; then
 	why="guest did not finish within $timeout_s s (--timeout); killed"
@@ -438,7 +457,16 @@ fi
 
 show_console() {
 	echo "---- guest console ($tmp/console.log) ----"
-	tr -d '\r' <"$tmp/console.log"
+	# A DMAR fault storm can make it long: the start (boot, IOMMU set-up) and the end matter.
+	local n
+	n=$(wc -l <"$tmp/console.log")
+	if [[ $n -le 2000 ]]; then
+		tr -d '\r' <"$tmp/console.log"
+	else
+		head -n 300 "$tmp/console.log" | tr -d '\r'
+		echo "... $((n - 1300)) lines left out (--keep keeps the whole log) ..."
+		tail -n 1000 "$tmp/console.log" | tr -d '\r'
+	fi
 	if [[ -s $tmp/qemu.out ]]; then
 		echo "---- qemu ----"
 		cat "$tmp/qemu.out"
