@@ -66,7 +66,7 @@ func Open(addr string) (*Device, error) { return system.open(addr) }
 func (o opener) open(addr string) (*Device, error) {
 	fn, err := o.sys.Function(addr)
 	if err != nil {
-		return nil, fmt.Errorf("vfio: %w", err)
+		return nil, err // already says "pci: <addr>: ..." with the fix
 	}
 	if err := preflight(fn); err != nil {
 		return nil, err
