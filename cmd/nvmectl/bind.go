@@ -139,5 +139,5 @@ func report(e *env, b pci.Binding) {
 		fmt.Fprintf(e.stdout, "%s: already on %s\n", b.Addr, b.To)
 		return
 	}
-	fmt.Fprintf(e.stdout, "%s: %s -> %s\n", b.Addr, from, b.To)
+	fmt.Fprintf(e.stdout, "%s: %s -> %s (%s)\n", b.Addr, from, b.To, strings.Join(b.Steps, ", "))
 }

@@ -83,8 +83,8 @@ func (h *histogram) quantile(q float64) uint64 {
 	if rank < 1 {
 		rank = 1
 	}
-	if rank > h.n {
-		rank = h.n
+	if rank >= h.n {
+		return h.max
 	}
 	var seen uint64
 	for i, c := range h.counts {
