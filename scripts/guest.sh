@@ -177,14 +177,10 @@ ensure_tools() {
 		die "apt-get install ${missing[*]} failed"
 }
 
-# download_deb PKG DIR: `apt-get download` PKG into DIR, refreshing stale package lists once.
+# download_deb PKG DIR: `apt-get download` PKG into DIR; fails (without dying) so that callers
+# can refresh the package lists and try again.
 download_deb() {
-	local pkg=$1 dir=$2
-	if ! (cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$pkg" </dev/null >&2); then
-		apt_update
-		(cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$pkg" </dev/null >&2) || die "apt-get download $pkg failed"
-	fi
-	ls "$dir"/*.deb >/dev/null 2>&1 || die "apt-get download $pkg left no .deb in $dir"
+	(cd "$2" && apt-get download -q -o APT::Sandbox::User=root "$1" </dev/null >&2) && ls "$2"/*.deb >/dev/null 2>&1
 }
 
 # kernel_pkg prints the concrete bookworm 6.1 cloud kernel package: the one the meta package
@@ -220,7 +216,13 @@ ensure_kernel() {
 		say "downloading $pkg (once; cached in $cache)"
 		local t
 		t=$(mktemp -d "$cache/kernel/.dl.XXXXXX")
-		download_deb "$pkg" "$t"
+		if ! download_deb "$pkg" "$t"; then
+			# Stale package lists: the archive may have moved on to a newer kernel ABI.
+			apt_update
+			pkg=$(kernel_pkg)
+			kdir=$cache/kernel/$pkg
+			download_deb "$pkg" "$t" || die "apt-get download $pkg failed"
+		fi
 		dpkg-deb -x "$t"/*.deb "$t/x" || die "dpkg-deb -x $pkg failed"
 		rm -rf "$kdir"
 		mkdir -p "$kdir"
@@ -242,7 +244,10 @@ ensure_busybox() {
 	mkdir -p "$cache/busybox"
 	local t
 	t=$(mktemp -d "$cache/busybox/.dl.XXXXXX")
-	download_deb busybox-static "$t"
+	if ! download_deb busybox-static "$t"; then
+		apt_update
+		download_deb busybox-static "$t" || die "apt-get download busybox-static failed"
+	fi
 	dpkg-deb -x "$t"/*.deb "$t/x" || die "dpkg-deb -x busybox-static failed"
 	[[ -x $t/x/bin/busybox ]] || die "busybox-static has no /bin/busybox"
 	mv "$t/x/bin/busybox" "$busybox"
@@ -294,6 +299,7 @@ mkdir -p "$cache/kernel"
 # Several engineers share a machine: one downloader at a time.
 exec 8>"$cache/.lock"
 flock -w 600 8 || die "waited 600 s for $cache/.lock"
+rm -rf "$cache"/kernel/.dl.* "$cache"/busybox/.dl.* # left by an interrupted download
 ensure_kernel
 ensure_busybox
 flock -u 8
