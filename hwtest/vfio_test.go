@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nvmepoll/nvmepoll/vfio"
 	"github.com/nvmepoll/nvmepoll/vfio/dma"
+	"github.com/nvmepoll/nvmepoll/vfio/pci"
 )
 
 // NVMe controller registers in BAR0 (NVMe base spec 3.1.4).
@@ -392,4 +394,100 @@ func TestVFIOOpenCloseLeaks(t *testing.T) {
 	}
 	// The total moves with the Go heap, so it is reported, not checked.
 	t.Logf("/proc/self/maps: %d mappings before, %d after", maps.total, after.total)
+}
+
+// kernelDevice returns a controller left to the kernel's nvme driver
+// (NVMEPOLL_KERNEL_DEVICES, from scripts/guest.sh --nvme-kernel), or skips.
+func kernelDevice(t *testing.T) string {
+	t.Helper()
+	testDevice(t)
+	devs, err := parseDeviceList(os.Getenv("NVMEPOLL_KERNEL_DEVICES"))
+	if err != nil {
+		t.Fatalf("NVMEPOLL_KERNEL_DEVICES: %v", err)
+	}
+	var addrs []string
+	for _, a := range devs {
+		addrs = append(addrs, a)
+	}
+	if len(addrs) == 0 {
+		t.Skip("no controller on the kernel nvme driver (scripts/guest.sh --nvme-kernel SERIAL adds one)")
+	}
+	slices.Sort(addrs)
+	checkPCIDevice(t, "NVMEPOLL_KERNEL_DEVICES", addrs[0])
+	return addrs[0]
+}
+
+// The real sysfs round trip: a kernel-owned controller is refused by Open
+// with the bind command, Bind hands it to vfio-pci (twice is a no-op), Open
+// then works, and Unbind gives it back to nvme.
+func TestPCIBindUnbind(t *testing.T) {
+	addr := kernelDevice(t)
+	f, err := pci.Lookup(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Driver != pci.DriverNVMe || f.IOMMUGroup < 0 || f.Class != pci.ClassNVMe {
+		t.Fatalf("kernel controller %v: want an NVMe controller on nvme with an IOMMU group", f)
+	}
+	found := false
+	list, err := pci.NVMe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range list {
+		found = found || l.Addr == addr && l.Driver == pci.DriverNVMe
+	}
+	if !found {
+		t.Errorf("pci.NVMe() = %v, lacks %s on nvme", list, addr)
+	}
+
+	_, err = vfio.Open(addr)
+	want := "vfio: " + addr + " is bound to nvme, not vfio-pci: run `nvmectl bind " + addr + "`"
+	if !errors.Is(err, vfio.ErrNotBound) || err.Error() != want {
+		t.Fatalf("Open of a controller on nvme: %v\nwant %s", err, want)
+	}
+
+	t.Cleanup(func() {
+		if b, err := pci.Unbind(addr); err != nil {
+			t.Errorf("Unbind in cleanup: %v (%v)", err, b)
+		}
+	})
+	b, err := pci.Bind(addr)
+	if err != nil {
+		t.Fatalf("Bind: %v", err)
+	}
+	t.Logf("Bind: %v", b)
+	if b.From != pci.DriverNVMe || b.To != pci.DriverVFIO || len(b.Steps) == 0 {
+		t.Errorf("Bind = %+v, want nvme -> vfio-pci", b)
+	}
+	if b, err := pci.Bind(addr); err != nil || len(b.Steps) != 0 {
+		t.Errorf("second Bind = %v, %v; want nothing done", b, err)
+	}
+
+	d, err := vfio.Open(addr)
+	if err != nil {
+		t.Fatalf("Open after Bind: %v", err)
+	}
+	bar, err := d.BAR(0)
+	if err == nil && (bar.Read32(regCAP) == 0 || bar.Read32(regCAP) == 0xffffffff) {
+		t.Errorf("CAP low = %#x after Bind", bar.Read32(regCAP))
+	}
+	if err != nil {
+		t.Error(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Error(err)
+	}
+
+	b, err = pci.Unbind(addr)
+	if err != nil {
+		t.Fatalf("Unbind: %v", err)
+	}
+	t.Logf("Unbind: %v", b)
+	if b.From != pci.DriverVFIO || b.To != pci.DriverNVMe {
+		t.Errorf("Unbind = %+v, want vfio-pci -> nvme", b)
+	}
+	if f, err := pci.Lookup(addr); err != nil || f.Driver != pci.DriverNVMe || f.Override != "" {
+		t.Errorf("after Unbind: %+v, %v; want nvme and no driver_override", f, err)
+	}
 }
