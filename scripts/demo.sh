@@ -6,7 +6,7 @@
 #
 # Usage: bash scripts/demo.sh [nvmectl arguments...]
 #   bash scripts/demo.sh                      # nvmectl id-ctrl <device>
-#   bash scripts/demo.sh smart-log            # any nvmectl subcommand; the device is appended
+#   bash scripts/demo.sh smart-log --json     # any nvmectl subcommand; the device follows it
 # Until cmd/nvmectl exists it prints what the guest bound instead.
 set -euo pipefail
 
@@ -20,10 +20,16 @@ trap 'rm -rf "$tmp"' EXIT
 if ls cmd/nvmectl/*.go >/dev/null 2>&1; then
 	echo "==> building nvmectl"
 	CGO_ENABLED=0 go build -o "$tmp/nvmectl" ./cmd/nvmectl
-	echo "==> booting the guest: nvmectl $* \$NVMEPOLL_TEST_DEVICE"
+	echo "==> booting the guest to run nvmectl $1 on its vfio-bound controller"
 	# "$@" reach the guest's sh as its positional parameters.
 	bash scripts/guest.sh "${guest_topology[@]}" --file "$tmp/nvmectl" -- \
-		sh -c 'set -x; nvmectl "$@" "$NVMEPOLL_TEST_DEVICE"' nvmectl "$@"
+		sh -c '
+			# The device goes right after the subcommand; list, bind and unbind take none.
+			sub=$1; shift
+			case $sub in
+			list | bind | unbind) set -x; nvmectl "$sub" "$@" ;;
+			*) set -x; nvmectl "$sub" "$NVMEPOLL_TEST_DEVICE" "$@" ;;
+			esac' nvmectl "$@"
 	exit
 fi
 
