@@ -84,8 +84,9 @@ func cmdPerf(e *env, args []string) error {
 	case c.ioSize <= 0:
 		return usagef("-o %s: the I/O size must be positive", *size)
 	}
-	// One extra queue pair serves the synchronous API Namespace uses for Identify.
-	opts := &nvme.Options{IOQueues: c.queues + 1, SyncQueues: 1}
+	// perf uses only its own queue pairs (the synchronous API makes its pair on first use, and
+	// perf never uses it), so a one-queue controller can still run -j 1.
+	opts := &nvme.Options{IOQueues: c.queues, SyncQueues: 1}
 	return withDevice(spec, opts, func(d *device) error {
 		return runPerf(e, d, &c)
 	})
@@ -137,8 +138,8 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	case c.depth > maxDepth:
 		return usagef("queue depth -q %d is above the controller's limit of %d (CAP.MQES allows %d entries, one stays empty)", c.depth, maxDepth, maxDepth+1)
 	}
-	if sq, cq := d.ctrl.QueuesGranted(); c.queues > min(sq, cq)-1 {
-		return usagef("-j %d: the controller granted %d I/O queue pairs, and nvmectl keeps one for its own commands; use -j %d at most", c.queues, min(sq, cq), max(1, min(sq, cq)-1))
+	if sq, cq := d.ctrl.QueuesGranted(); c.queues > min(sq, cq) {
+		return usagef("-j %d: the controller granted %d I/O queue pairs; use -j %d at most", c.queues, min(sq, cq), min(sq, cq))
 	}
 	if c.writes() && !c.force && !d.sim && !strings.HasPrefix(d.ctrl.Identify().SN, demoSerialPrefix) {
 		return usagef("-w %s overwrites data on %s (serial %q); add --force if that is what you want", c.workload, d.name, d.ctrl.Identify().SN)
