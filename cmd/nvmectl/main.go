@@ -71,7 +71,7 @@ func init() {
 		{"write-zeroes", "DEVICE -n NSID (--lba S --count N | --offset B --size B)", "zero blocks (Write Zeroes)", cmdWriteZeroes},
 		{"flush", "DEVICE -n NSID", "commit the volatile write cache", cmdFlush},
 		{"format", "DEVICE -n NSID --lbaf N --force", "Format NVM (destroys the namespace's data)", cmdFormat},
-		{"perf", "DEVICE [-n NSID] -q DEPTH -o SIZE -w WORKLOAD -t SECONDS [-j QUEUES] [--mix PCT] [--json] [--histogram] [--force]", "polled I/O benchmark (spdk_nvme_perf style)", cmdPerf},
+		{"perf", "DEVICE [-n NSID] -q DEPTH -o SIZE -w WORKLOAD -t SECONDS [-j QUEUES] [--mix PCT] [--offset B --size B] [--json] [--histogram] [--force]", "polled I/O benchmark (spdk_nvme_perf style)", cmdPerf},
 	}
 }
 

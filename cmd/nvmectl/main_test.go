@@ -465,6 +465,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-o", "4M"}, exitUsage, "largest transfer"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-j", "99"}, exitUsage, "-j 99"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randrw", "--mix", "101", "-t", "1"}, exitUsage, "--mix 101"},
+		{[]string{"perf", "sim:1M", "-q", "8", "-w", "read", "-t", "1", "--offset", "1M"}, exitUsage, "past the end of namespace 1"},
+		{[]string{"perf", "sim:1M", "-q", "8", "-w", "read", "-t", "1", "--offset", "512K", "--size", "1M"}, exitUsage, "past the end"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "read", "-t", "1", "--size", "2K"}, exitUsage, "smaller than one I/O"},
 	} {
 		_, errs, code := nvmectl(t, nil, tc.args...)
 		if code != tc.code || !strings.Contains(errs, tc.want) {
@@ -478,6 +481,9 @@ func TestPerf(t *testing.T) {
 	var r perfJSON
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("perf --json: %v\n%s", err, out)
+	}
+	if r.Offset != 0 || r.Size != 64<<20 {
+		t.Errorf("perf region %d+%d, want the whole 64 MiB namespace", r.Offset, r.Size)
 	}
 	if len(r.Jobs) != 2 || r.Queues != 2 || r.QueueDepth != 8 || r.IOSize != 4096 || r.Workload != "randrw" {
 		t.Fatalf("perf report does not echo the job: %+v", r)
@@ -515,6 +521,29 @@ func TestPerf(t *testing.T) {
 	}
 	if strings.Contains(human, "\r") {
 		t.Error("perf printed progress lines to a non-terminal")
+	}
+}
+
+// TestPerfRegion checks that --offset/--size keep a write workload inside its region: the data
+// outside (here the first MiB, as the demo keeps its file there) is untouched.
+func TestPerfRegion(t *testing.T) {
+	m := sharedSim(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8 << 20 / 512}}})
+	keep := make([]byte, 1<<20)
+	rand.Read(keep)
+	m.Namespace(1).WriteAt(keep, 0)
+	mustRun(t, nil, "perf", "sim", "-q", "16", "-o", "4k", "-w", "randwrite", "-t", "0.2", "--offset", "1M", "--size", "2M", "-j", "2")
+	got := make([]byte, 1<<20)
+	m.Namespace(1).ReadAt(got, 0)
+	if !bytes.Equal(got, keep) {
+		t.Error("perf --offset 1M wrote into the first MiB")
+	}
+	m.Namespace(1).ReadAt(got, 3<<20)
+	if !bytes.Equal(got, make([]byte, 1<<20)) {
+		t.Error("perf --offset 1M --size 2M wrote past 3 MiB")
+	}
+	m.Namespace(1).ReadAt(got, 1<<20)
+	if bytes.Equal(got, make([]byte, 1<<20)) {
+		t.Error("perf randwrite wrote nothing into its region")
 	}
 }
 

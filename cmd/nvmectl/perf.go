@@ -34,6 +34,9 @@ type perfConfig struct {
 	json     bool
 	hist     bool
 	force    bool
+
+	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
+	first, span  uint64 // the same in blocks, resolved against the namespace
 }
 
 func cmdPerf(e *env, args []string) error {
@@ -48,6 +51,14 @@ func cmdPerf(e *env, args []string) error {
 	fs.IntVar(&c.queues, "j", 1, "queue pairs, each driven by its own goroutine")
 	asJSON := jsonFlags(fs)
 	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
+	fs.Func("offset", "first byte of the region I/O goes to (default 0; suffixes K, M, G...)", func(s string) (err error) {
+		c.offset, err = parseSize(s)
+		return err
+	})
+	fs.Func("size", "bytes of the region I/O goes to (default: to the end of the namespace)", func(s string) (err error) {
+		c.size, err = parseSize(s)
+		return err
+	})
 	fs.BoolVar(&c.force, "force", false, "allow a write workload on a controller that is not sim or the demo's")
 	pos, err := parse(e, "perf", fs, args)
 	if err != nil {
@@ -133,11 +144,22 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 		return usagef("-o %d is not a multiple of the %d-byte block size of namespace %d", c.ioSize, bs, ns.ID())
 	case c.ioSize > int64(d.ctrl.MaxTransfer()):
 		return usagef("-o %d is above the controller's largest transfer, %d bytes (MDTS)", c.ioSize, d.ctrl.MaxTransfer())
-	case uint64(c.ioSize/bs) > ns.Blocks():
-		return usagef("-o %d is larger than namespace %d (%d bytes)", c.ioSize, ns.ID(), ns.Size())
 	case c.depth > maxDepth:
 		return usagef("queue depth -q %d is above the controller's limit of %d (CAP.MQES allows %d entries, one stays empty)", c.depth, maxDepth, maxDepth+1)
 	}
+	nsBytes := int64(ns.Blocks()) * bs
+	if c.size == 0 && c.offset < nsBytes {
+		c.size = nsBytes - c.offset
+	}
+	switch {
+	case c.offset%bs != 0 || c.size%bs != 0:
+		return usagef("--offset %d / --size %d must be multiples of the %d-byte block size", c.offset, c.size, bs)
+	case c.offset >= nsBytes || c.size > nsBytes-c.offset:
+		return usagef("--offset %d --size %d is past the end of namespace %d (%d bytes)", c.offset, c.size, ns.ID(), nsBytes)
+	case c.size < c.ioSize:
+		return usagef("--size %d is smaller than one I/O (-o %d)", c.size, c.ioSize)
+	}
+	c.first, c.span = uint64(c.offset/bs), uint64(c.size/bs)
 	if sq, cq := d.ctrl.QueuesGranted(); c.queues > min(sq, cq) {
 		return usagef("-j %d: the controller granted %d I/O queue pairs; use -j %d at most", c.queues, min(sq, cq), min(sq, cq))
 	}
@@ -172,7 +194,9 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 			w.run(&stop)
 		}()
 	}
-	progress := isTerminal(e.stdout) && !c.json
+	// A progress line only for a person watching: a terminal that is not a dumb one (the guest's
+	// serial console is a tty, but its log is read later).
+	progress := isTerminal(e.stdout) && !c.json && os.Getenv("TERM") != "" && os.Getenv("TERM") != "dumb"
 	deadline := time.After(time.Duration(c.seconds * float64(time.Second)))
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -246,19 +270,19 @@ func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, epoch t
 		}
 		w.reqs[i] = nvme.Request{Namespace: ns, Blocks: int(w.blocks), Buf: buf, Done: w.done, Tag: uint64(i)}
 	}
-	// Offsets: aligned to the I/O size, within the namespace.
-	slots := ns.Blocks() / w.blocks
+	// Offsets: aligned to the I/O size, within the region.
+	slots := c.span / w.blocks
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)))
 	if strings.HasPrefix(c.workload, "rand") {
 		w.lbas = make([]uint64, offsetTable)
 		for i := range w.lbas {
-			w.lbas[i] = rng.Uint64N(slots) * w.blocks
+			w.lbas[i] = c.first + rng.Uint64N(slots)*w.blocks
 		}
 	} else {
 		// Each queue reads or writes its own stretch, in order, wrapping at its end.
 		per := max(slots/uint64(c.queues), 1)
-		w.seqLo = uint64(id) * per % slots * w.blocks
-		w.seqHi = min(w.seqLo+per*w.blocks, slots*w.blocks)
+		w.seqLo = c.first + uint64(id)*per%slots*w.blocks
+		w.seqHi = min(w.seqLo+per*w.blocks, c.first+slots*w.blocks)
 		w.seqNext = w.seqLo
 	}
 	if c.workload == "randrw" {
@@ -399,6 +423,8 @@ type perfJSON struct {
 	Workload   string        `json:"workload"`
 	ReadPct    *int          `json:"rwmixread,omitempty"`
 	IOSize     int64         `json:"io_size"`
+	Offset     int64         `json:"offset"`
+	Size       int64         `json:"size"`
 	QueueDepth int           `json:"queue_depth"`
 	Queues     int           `json:"queues"`
 	Seconds    float64       `json:"seconds"`
@@ -430,7 +456,7 @@ func jobJSON(queue int, h *histogram, reads, writes, errs uint64, elapsed time.D
 }
 
 func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWorker, elapsed time.Duration) perfJSON {
-	r := perfJSON{Device: d.name, NSID: ns.ID(), Workload: c.workload, IOSize: c.ioSize, QueueDepth: c.depth,
+	r := perfJSON{Device: d.name, NSID: ns.ID(), Workload: c.workload, IOSize: c.ioSize, Offset: c.offset, Size: c.size, QueueDepth: c.depth,
 		Queues: c.queues, Seconds: float64(int64(elapsed.Seconds()*1000)) / 1000}
 	if c.workload == "randrw" {
 		r.ReadPct = &c.mix
