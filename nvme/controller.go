@@ -352,7 +352,7 @@ func (c *Controller) Status() error {
 }
 
 // Close shuts the controller down cleanly: it drains and deletes every
-// queue pair, sets CC.SHN to "normal" and waits for CSTS.SHST "complete"
+// queue pair (so call it once no other goroutine is submitting or polling), sets CC.SHN to "normal" and waits for CSTS.SHST "complete"
 // (bounded by Options.ShutdownTimeout or RTD3E), then frees DMA memory and
 // closes the device. It is safe to call more than once.
 func (c *Controller) Close() error {
@@ -410,7 +410,9 @@ func (c *Controller) shutdown() error {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 		if c.id != nil && c.id.RTD3E != 0 {
-			timeout = time.Duration(c.id.RTD3E) * time.Microsecond
+			// RTD3E is the controller's own estimate; a floor keeps a
+			// tiny value from failing a shutdown that is merely slow.
+			timeout = max(time.Duration(c.id.RTD3E)*time.Microsecond, time.Second)
 		}
 	}
 	cc := CC(c.dev.Read32(RegCC))

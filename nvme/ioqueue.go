@@ -241,6 +241,9 @@ func (q *QueuePair) post(r *Request) error {
 	if q.closing.Load() {
 		return ErrClosed
 	}
+	if r.qp != nil && !r.finished {
+		return fmt.Errorf("nvme: %w: request (cid %d on queue %d) is still in flight", ErrInvalidArgument, r.cid, r.qp.id)
+	}
 	var cmd queue.Command
 	n, err := q.build(r, &cmd)
 	if err != nil {
@@ -275,6 +278,7 @@ func (q *QueuePair) post(r *Request) error {
 	r.qp, r.cid, r.Err, r.DW0, r.finished = q, cid, nil, 0, false
 	q.inflight[cid] = r
 	if err := q.ring.Submitted(&r.ioreq); err != nil {
+		r.qp = nil
 		q.inflight[cid] = nil
 		q.pair.Release(cid)
 		return ErrClosed

@@ -134,13 +134,30 @@ func (ns *Namespace) byteRange(off int64, n int) (lba uint64, err error) {
 
 // ReadAt reads len(p) bytes at byte offset off. Both must be multiples of
 // the block size. It implements io.ReaderAt, with Options.IOTimeout per
-// command.
+// command: a read that reaches past the end returns what the namespace
+// holds and io.EOF.
 func (ns *Namespace) ReadAt(p []byte, off int64) (int, error) {
+	var eof error
+	if size := ns.Size(); off >= 0 && off+int64(len(p)) > size {
+		if off >= size {
+			p = p[:0]
+		} else {
+			p = p[:size-off]
+		}
+		eof = io.EOF
+	}
+	if len(p) == 0 && eof != nil && off%int64(ns.blockSize) == 0 {
+		return 0, eof
+	}
 	lba, err := ns.byteRange(off, len(p))
 	if err != nil {
 		return 0, err
 	}
-	return ns.transfer(context.Background(), NVMRead, lba, p, false)
+	n, err := ns.transfer(context.Background(), NVMRead, lba, p, false)
+	if err == nil {
+		err = eof
+	}
+	return n, err
 }
 
 // WriteAt writes len(p) bytes at byte offset off. Both must be multiples of

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -97,6 +98,21 @@ func TestReadWriteSmall(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("read back differs from what was written")
+	}
+	// io.ReaderAt at the end: what is there, then io.EOF.
+	size := ns.Size()
+	if _, err := ns.WriteAt(want, size-4096); err != nil {
+		t.Fatal(err)
+	}
+	n, err := ns.ReadAt(got, size-2048)
+	if n != 2048 || err != io.EOF || !bytes.Equal(got[:2048], want[2048:]) {
+		t.Errorf("ReadAt straddling the end: %d, %v; want 2048 bytes of data and io.EOF", n, err)
+	}
+	if n, err := ns.ReadAt(got, size); n != 0 || err != io.EOF {
+		t.Errorf("ReadAt at the end: %d, %v; want 0, io.EOF", n, err)
+	}
+	if _, err := ns.WriteAt(want, size-2048); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("WriteAt past the end: %v, want ErrInvalidArgument", err)
 	}
 }
 

@@ -150,7 +150,7 @@ func (c *Controller) identifyControllerLocked(b []byte) {
 	}
 	le.PutUint16(b[256:], oacs)
 	b[258] = 3                                       // ACL: 4 concurrent Aborts
-	b[259] = 3                                       // AERL
+	b[259] = aerLimit - 1                            // AERL
 	b[260] = 1 << 1                                  // FRMW: one slot
 	b[261] = 1 << 2                                  // LPA: extended Get Log Page (offsets)
 	b[262] = errorLogEntries - 1                     // ELPE
@@ -391,7 +391,7 @@ func (c *Controller) readShadowLocked() bool {
 			v := c.mem.load32(c.shadow + uint64(8*qid))
 			switch {
 			case v >= sq.size:
-				c.stats.InvalidDoorbellWrites++
+				c.invalidDoorbellLocked(aenInvalidDoorbellValue)
 			case v != sq.tail:
 				sq.tail, changed = v, true
 			}
@@ -400,7 +400,7 @@ func (c *Controller) readShadowLocked() bool {
 			v := c.mem.load32(c.shadow + uint64(8*qid+4))
 			switch {
 			case !cq.headOK(v):
-				c.stats.InvalidDoorbellWrites++
+				c.invalidDoorbellLocked(aenInvalidDoorbellValue)
 			case v != cq.head:
 				cq.head, changed = v, true
 			}
@@ -528,4 +528,46 @@ func (c *Controller) getLogLocked(cmd *Command) result {
 	out := make([]byte, numd*4)
 	copy(out, page[off:])
 	return c.toHostLocked(cmd, out)
+}
+
+// Asynchronous event information for event type 0, Error (base
+// specification 2.0, Figure 148).
+const (
+	aenInvalidDoorbell      = 0x00 // Write to Invalid Doorbell Register
+	aenInvalidDoorbellValue = 0x01 // Invalid Doorbell Write Value
+	aerLimit                = 4    // Identify Controller AERL + 1
+	maxQueuedEvents         = 16
+)
+
+// asyncRequestLocked takes an Asynchronous Event Request: it stays
+// outstanding until an event happens (or the controller resets), unless an
+// event is already waiting for it.
+func (c *Controller) asyncRequestLocked(cmd *Command, sqhd uint16) {
+	if len(c.events) > 0 {
+		dw0 := c.events[0]
+		c.events = c.events[1:]
+		c.finishLocked(cmd, sqhd, nil, result{dw0: dw0})
+		return
+	}
+	if len(c.aers) >= aerLimit {
+		c.finishLocked(cmd, sqhd, nil, bad(StatusAERLimitExceeded))
+		return
+	}
+	c.aers = append(c.aers, pendingCmd{cmd: *cmd, sqhd: sqhd})
+}
+
+// invalidDoorbellLocked counts an ignored doorbell write and reports it as
+// an Error asynchronous event pointing at the Error Information log.
+func (c *Controller) invalidDoorbellLocked(info uint8) {
+	c.stats.InvalidDoorbellWrites++
+	dw0 := uint32(info)<<8 | lidError<<16 // type 0 (error status)
+	if len(c.aers) > 0 {
+		p := c.aers[0]
+		c.aers = c.aers[1:]
+		c.finishLocked(&p.cmd, p.sqhd, nil, result{dw0: dw0})
+		return
+	}
+	if len(c.events) < maxQueuedEvents {
+		c.events = append(c.events, dw0)
+	}
 }

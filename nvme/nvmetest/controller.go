@@ -162,6 +162,8 @@ type Controller struct {
 
 	faults  []*Fault
 	pending []*pendingCmd
+	aers    []pendingCmd // outstanding Asynchronous Event Requests
+	events  []uint32     // async events waiting for a request (DW0)
 	errLog  []errorEntry // newest last
 	errSeq  uint64
 	health  health
@@ -523,6 +525,7 @@ func (c *Controller) resetLocked() {
 	c.sqs = make([]*subQueue, c.cfg.MaxQueuePairs+1)
 	c.cqs = make([]*compQueue, c.cfg.MaxQueuePairs+1)
 	c.pending = nil
+	c.aers, c.events = nil, nil
 	c.nsqa, c.ncqa = c.cfg.MaxQueuePairs, c.cfg.MaxQueuePairs
 	c.queuesSet = false
 	c.shadow, c.eventIdx = 0, 0
@@ -591,8 +594,8 @@ func (c *Controller) Doorbell(off int) (queue.Doorbell, error) {
 }
 
 // ring handles a doorbell write. A write that names no existing queue or a
-// value out of range is ignored and counted in Stats.InvalidDoorbellWrites
-// (a real controller would post an asynchronous event).
+// value out of range is ignored, counted in Stats.InvalidDoorbellWrites and
+// reported by an asynchronous event, as the specification says.
 func (c *Controller) ring(off int, v uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -602,21 +605,29 @@ func (c *Controller) ring(off int, v uint32) {
 	idx := (off - regDB) / 4
 	qid := idx / 2
 	if off%4 != 0 || qid >= len(c.sqs) {
-		c.stats.InvalidDoorbellWrites++
+		c.invalidDoorbellLocked(aenInvalidDoorbell)
 		return
 	}
 	if idx%2 == 0 {
 		sq := c.sqs[qid]
-		if sq == nil || v >= sq.size {
-			c.stats.InvalidDoorbellWrites++
+		if sq == nil {
+			c.invalidDoorbellLocked(aenInvalidDoorbell)
+			return
+		}
+		if v >= sq.size {
+			c.invalidDoorbellLocked(aenInvalidDoorbellValue)
 			return
 		}
 		c.stats.SQDoorbellWrites++
 		sq.tail = v
 	} else {
 		cq := c.cqs[qid]
-		if cq == nil || !cq.headOK(v) {
-			c.stats.InvalidDoorbellWrites++
+		if cq == nil {
+			c.invalidDoorbellLocked(aenInvalidDoorbell)
+			return
+		}
+		if !cq.headOK(v) {
+			c.invalidDoorbellLocked(aenInvalidDoorbellValue)
 			return
 		}
 		c.stats.CQDoorbellWrites++

@@ -263,3 +263,26 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestAsyncEventOnInvalidDoorbell(t *testing.T) {
+	h := newHost(t, Config{Inline: true})
+	aer := h.admin.submit(Command{Opcode: OpAsyncEvent})
+	h.admin.none(2 * time.Millisecond) // outstanding until something happens
+	h.c.Write32(regDB+8*3, 1)          // SQ 3 does not exist
+	c := h.admin.wait()
+	if c.CID != aer || c.Status != 0 || c.DW0 != 0x01<<16|0x00<<8|0 {
+		t.Errorf("AER completion cid %d status %v DW0 %#x, want cid %d, success, DW0 0x10000 (error event, invalid doorbell, log 1)", c.CID, c.Status, c.DW0, aer)
+	}
+	// An event with no request outstanding waits for the next request.
+	h.c.Write32(regDB, 99) // admin SQ tail out of range
+	if c := h.admin.do(Command{Opcode: OpAsyncEvent}); c.DW0 != 0x01<<16|0x01<<8 {
+		t.Errorf("queued event DW0 %#x, want 0x10100 (invalid doorbell value)", c.DW0)
+	}
+	for range 4 {
+		h.admin.submit(Command{Opcode: OpAsyncEvent})
+	}
+	h.admin.status(Command{Opcode: OpAsyncEvent}, StatusAERLimitExceeded)
+	if s := h.c.Stats(); s.InvalidDoorbellWrites != 2 {
+		t.Errorf("InvalidDoorbellWrites = %d, want 2", s.InvalidDoorbellWrites)
+	}
+}

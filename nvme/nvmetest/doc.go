@@ -36,7 +36,8 @@
 // Write Atomicity, Async Event Configuration; unknown ids fail with Invalid
 // Field, the save bit with Feature Not Saveable), Create/Delete I/O CQ and
 // SQ with the spec's checks, Get Log Page (Error Information and SMART /
-// Health, with offsets), Abort (of commands held by a fault), Format NVM
+// Health, with offsets), Asynchronous Event Request, Abort (of commands
+// held by a fault), Format NVM
 // (switch between the 512 B and 4 KiB LBA formats, erase), and Doorbell
 // Buffer Config when Config.ShadowDoorbells is set.
 //
@@ -62,8 +63,10 @@
 // cheap benchmarks. Close stops the worker and any timers.
 //
 // Doorbell writes for queues that do not exist, SQ tails out of range and CQ
-// heads past the controller's tail are ignored and counted in
-// Stats.InvalidDoorbellWrites (hardware would post an asynchronous event).
+// heads past the controller's tail are ignored, counted in
+// Stats.InvalidDoorbellWrites, and reported as an Error asynchronous event:
+// Asynchronous Event Requests (up to 4) stay outstanding until such an
+// event, and an event with no request outstanding waits for the next one.
 //
 // # DMA
 //

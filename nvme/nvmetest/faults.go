@@ -159,18 +159,18 @@ const (
 
 // Admin opcodes (base specification 2.0, Figure 138).
 const (
-	OpDeleteSQ      = 0x00
-	OpCreateSQ      = 0x01
-	OpGetLogPage    = 0x02
-	OpDeleteCQ      = 0x04
-	OpCreateCQ      = 0x05
-	OpIdentify      = 0x06
-	OpAbort         = 0x08
-	OpSetFeatures   = 0x09
-	OpGetFeatures   = 0x0a
-	OpDoorbellBuf   = 0x7c // Doorbell Buffer Config
-	OpFormatNVM     = 0x80
-	opAsyncEventReq = 0x0c
+	OpDeleteSQ    = 0x00
+	OpCreateSQ    = 0x01
+	OpGetLogPage  = 0x02
+	OpDeleteCQ    = 0x04
+	OpCreateCQ    = 0x05
+	OpIdentify    = 0x06
+	OpAbort       = 0x08
+	OpSetFeatures = 0x09
+	OpGetFeatures = 0x0a
+	OpDoorbellBuf = 0x7c // Doorbell Buffer Config
+	OpFormatNVM   = 0x80
+	OpAsyncEvent  = 0x0c // Asynchronous Event Request
 )
 
 // MatchLBA matches I/O commands on namespace nsid whose block range
@@ -239,6 +239,10 @@ type pendingCmd struct {
 // submitLocked runs a fetched command, or holds it if a fault says so.
 func (c *Controller) submitLocked(cmd *Command, sqhd uint16) {
 	f := c.matchLocked(cmd)
+	if cmd.SQID == 0 && cmd.Opcode == OpAsyncEvent && (f == nil || f.Status == 0) {
+		c.asyncRequestLocked(cmd, sqhd)
+		return
+	}
 	if f != nil && (f.Hold || f.Delay > 0) {
 		p := &pendingCmd{cmd: *cmd, sqhd: sqhd, f: f}
 		c.pending = append(c.pending, p)

@@ -61,6 +61,7 @@ const (
 	StatusInvalidCQ              Status = 0x100 // Completion Queue Invalid
 	StatusInvalidQueueID         Status = 0x101 // Invalid Queue Identifier
 	StatusInvalidQueueSize       Status = 0x102 // Invalid Queue Size
+	StatusAERLimitExceeded       Status = 0x105 // Asynchronous Event Request Limit Exceeded
 	StatusInvalidInterruptVector Status = 0x108
 	StatusInvalidLogPage         Status = 0x109
 	StatusInvalidFormat          Status = 0x10a
