@@ -1,0 +1,115 @@
+// Doorbell Buffer Config (shadow doorbells and EventIdx) and asynchronous
+// events.
+
+package nvmetest
+
+// Asynchronous event information for event type 0, Error (base
+// specification 2.0, Figure 148).
+const (
+	aenInvalidDoorbell      = 0x00 // Write to Invalid Doorbell Register
+	aenInvalidDoorbellValue = 0x01 // Invalid Doorbell Write Value
+	aerLimit                = 4    // Identify Controller AERL + 1
+	maxQueuedEvents         = 16
+)
+
+// doorbellBufferLocked handles Doorbell Buffer Config: PRP1 is the shadow
+// doorbell buffer, PRP2 the EventIdx buffer, each one page.
+func (c *Controller) doorbellBufferLocked(cmd *Command) result {
+	ps := uint64(c.pageSize())
+	if cmd.PRP1 == 0 || cmd.PRP2 == 0 || cmd.PRP1%ps != 0 || cmd.PRP2%ps != 0 {
+		return bad(StatusInvalidField)
+	}
+	c.shadow, c.eventIdx = cmd.PRP1, cmd.PRP2
+	// Queues that already exist keep their doorbell values: seed both
+	// buffers with them, so a zeroed shadow page is not read as "tail 0".
+	for qid := 1; qid < len(c.sqs); qid++ {
+		if sq := c.sqs[qid]; sq != nil {
+			c.mem.store32(c.shadow+uint64(8*qid), sq.tail)
+		}
+		if cq := c.cqs[qid]; cq != nil {
+			c.mem.store32(c.shadow+uint64(8*qid+4), cq.head)
+		}
+	}
+	c.writeEventIdxLocked()
+	return result{}
+}
+
+// readShadowLocked takes I/O queue doorbell values from the shadow buffer
+// and reports whether any changed. Values out of range are ignored and
+// counted like bad MMIO writes.
+func (c *Controller) readShadowLocked() bool {
+	if c.shadow == 0 {
+		return false
+	}
+	changed := false
+	for qid := 1; qid < len(c.sqs); qid++ {
+		if sq := c.sqs[qid]; sq != nil {
+			v := c.mem.load32(c.shadow + uint64(8*qid))
+			switch {
+			case v >= sq.size:
+				c.invalidDoorbellLocked(aenInvalidDoorbellValue)
+			case v != sq.tail:
+				sq.tail, changed = v, true
+			}
+		}
+		if cq := c.cqs[qid]; cq != nil {
+			v := c.mem.load32(c.shadow + uint64(8*qid+4))
+			switch {
+			case !cq.headOK(v):
+				c.invalidDoorbellLocked(aenInvalidDoorbellValue)
+			case v != cq.head:
+				cq.head, changed = v, true
+			}
+		}
+	}
+	return changed
+}
+
+// writeEventIdxLocked tells the host what the model has consumed, so it
+// writes the MMIO doorbell only when it moves past these values.
+func (c *Controller) writeEventIdxLocked() {
+	if c.eventIdx == 0 {
+		return
+	}
+	for qid := 1; qid < len(c.sqs); qid++ {
+		if sq := c.sqs[qid]; sq != nil {
+			c.mem.store32(c.eventIdx+uint64(8*qid), sq.tail)
+		}
+		if cq := c.cqs[qid]; cq != nil {
+			c.mem.store32(c.eventIdx+uint64(8*qid+4), cq.head)
+		}
+	}
+}
+
+// asyncRequestLocked takes an Asynchronous Event Request: it stays
+// outstanding until an event happens (or the controller resets), unless an
+// event is already waiting for it.
+func (c *Controller) asyncRequestLocked(cmd *Command, sqhd uint16) {
+	if len(c.events) > 0 {
+		dw0 := c.events[0]
+		c.events = c.events[1:]
+		c.finishLocked(cmd, sqhd, nil, result{dw0: dw0})
+		return
+	}
+	if len(c.aers) >= aerLimit {
+		c.finishLocked(cmd, sqhd, nil, bad(StatusAERLimitExceeded))
+		return
+	}
+	c.aers = append(c.aers, pendingCmd{cmd: *cmd, sqhd: sqhd})
+}
+
+// invalidDoorbellLocked counts an ignored doorbell write and reports it as
+// an Error asynchronous event pointing at the Error Information log.
+func (c *Controller) invalidDoorbellLocked(info uint8) {
+	c.stats.InvalidDoorbellWrites++
+	dw0 := uint32(info)<<8 | lidError<<16 // type 0 (error status)
+	if len(c.aers) > 0 {
+		p := c.aers[0]
+		c.aers = c.aers[1:]
+		c.finishLocked(&p.cmd, p.sqhd, nil, result{dw0: dw0})
+		return
+	}
+	if len(c.events) < maxQueuedEvents {
+		c.events = append(c.events, dw0)
+	}
+}
