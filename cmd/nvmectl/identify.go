@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -282,7 +283,9 @@ func cmdIDNS(e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", d.name, err)
 		}
-		if _, err := nvme.ParseIdentifyNamespace(raw); err != nil {
+		if _, err := nvme.ParseIdentifyNamespace(raw); errors.Is(err, nvme.ErrNamespaceInactive) {
+			return fmt.Errorf("%s: namespace %d is not active (active namespaces: %s)", d.name, *nsid, d.nsList())
+		} else if err != nil {
 			return fmt.Errorf("%s: Identify Namespace %d: %w (active namespaces: %s)", d.name, *nsid, err, d.nsList())
 		}
 		if *asJSON {
