@@ -171,14 +171,18 @@ func (c *Controller) fetchLocked(sq *subQueue) {
 	var b [64]byte
 	c.mem.read(sq.base+uint64(sq.head)*64, b[:])
 	sq.head = (sq.head + 1) % sq.size
-	cmd := decodeCommand(b[:])
+	// The command lives in the Controller, not on the stack: fault
+	// matchers take its address, which would make it escape (an
+	// allocation per command). Anything that keeps it copies it.
+	cmd := &c.fetched
+	*cmd = decodeCommand(b[:])
 	cmd.SQID = sq.id
 	if sq.id == 0 {
 		c.stats.AdminCommands[cmd.Opcode]++
 	} else {
 		c.stats.IOCommands[cmd.Opcode]++
 	}
-	c.submitLocked(&cmd, uint16(sq.head))
+	c.submitLocked(cmd, uint16(sq.head))
 }
 
 // submitLocked runs a fetched command, or holds it if a fault says so.
@@ -270,9 +274,8 @@ func (c *Controller) postLocked(e cqe) {
 // sees the new phase sees the whole entry.
 func (c *Controller) drainLocked(cq *compQueue) bool {
 	n := 0
-	for len(cq.backlog) > 0 && cq.free() > 0 {
-		e := cq.backlog[0]
-		cq.backlog = cq.backlog[1:]
+	for ; n < len(cq.backlog) && cq.free() > 0; n++ {
+		e := cq.backlog[n]
 		at := cq.base + uint64(cq.tail)*16
 		var b [12]byte
 		le.PutUint32(b[0:], e.dw0)
@@ -290,10 +293,9 @@ func (c *Controller) drainLocked(cq *compQueue) bool {
 			cq.phase ^= 1
 		}
 		c.stats.CQEsPosted++
-		n++
 	}
-	if len(cq.backlog) == 0 {
-		cq.backlog = nil
-	}
+	// Keep the rest at the front, reusing the array: no allocation per
+	// command in the steady state.
+	cq.backlog = append(cq.backlog[:0], cq.backlog[n:]...)
 	return n > 0
 }
