@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nvmepoll/nvmepoll/nvme"
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
@@ -652,5 +654,85 @@ func TestParseMounts(t *testing.T) {
 	m := parseMounts(strings.NewReader("/dev/nvme0n1p1 /boot vfat rw 0 0\n/dev/nvme0n1p2 / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n"))
 	if len(m) != 2 || m["nvme0n1p1"][0] != "/boot" || m["nvme0n1p2"][0] != "/" {
 		t.Errorf("parseMounts = %v", m)
+	}
+}
+
+// TestPerfWriteGuard: a write workload needs --force unless the controller is sim or the
+// demo's (serial nvmepoll-demo...), so a benchmark cannot wipe a real disk by accident.
+func TestPerfWriteGuard(t *testing.T) {
+	for _, tc := range []struct {
+		serial string
+		force  bool
+		ok     bool
+	}{
+		{"prod-disk-1", false, false},
+		{"prod-disk-1", true, true},
+		{"nvmepoll-demo", false, true},
+	} {
+		sharedSim(t, nvmetest.Config{SerialNumber: tc.serial})
+		d, err := openDevice("sim", &nvme.Options{IOQueues: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.sim = false // as if it were a PCI device
+		var out bytes.Buffer
+		c := &perfConfig{nsid: 1, depth: 4, ioSize: 4096, workload: "randwrite", seconds: 0.05, queues: 1, force: tc.force}
+		err = runPerf(&env{stdout: &out, stderr: &out}, d, c)
+		d.Close()
+		var ue *usageError
+		if tc.ok && err != nil || !tc.ok && (!errors.As(err, &ue) || !strings.Contains(err.Error(), "add --force")) {
+			t.Errorf("serial %q force %v: err %v", tc.serial, tc.force, err)
+		}
+	}
+}
+
+// TestPerfNoAllocs holds perf's I/O loop to no allocation per I/O: prepare, submit, poll,
+// complete, over and over.
+func TestPerfNoAllocs(t *testing.T) {
+	d, err := openDevice("sim", &nvme.Options{IOQueues: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ns, err := d.namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 32 KiB region: after a warm-up every 4 KiB chunk of it has been written, so the model's
+	// sparse store (which allocates a chunk on first write) allocates no more and whatever
+	// allocates is the driver or perf.
+	c := &perfConfig{depth: 8, ioSize: 4096, workload: "randrw", mix: 50, queues: 1, span: 64}
+	w, err := newPerfWorker(d, ns, c, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	for i := range w.reqs {
+		w.free = append(w.free, &w.reqs[i])
+	}
+	cycle := func() {
+		for _, r := range w.free {
+			w.prepare(r)
+		}
+		n, err := w.qp.SubmitBatch(w.free)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.free = w.free[:copy(w.free, w.free[n:])]
+		if _, err := w.qp.Poll(1, len(w.reqs)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 {
+		cycle()
+	}
+	if n := testing.AllocsPerRun(200, cycle); n != 0 {
+		t.Errorf("the perf loop allocates %v times per cycle of %d I/Os", n, c.depth)
+	}
+	if w.hist.n < 200 || w.errs != 0 {
+		t.Errorf("%d I/Os completed, %d errors", w.hist.n, w.errs)
+	}
+	for w.qp.Inflight() > 0 {
+		w.qp.Poll(1, len(w.reqs))
 	}
 }
