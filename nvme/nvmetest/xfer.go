@@ -18,7 +18,11 @@ const maxSGLDescriptors = 1 << 16
 func (c *Controller) segmentsLocked(cmd *Command, n int, toHost bool) ([]segment, Status) {
 	switch psdt := cmd.Flags >> 6; {
 	case psdt == 0:
-		return c.prpSegments(cmd.PRP1, cmd.PRP2, n)
+		segs, st := c.prpSegments(cmd.PRP1, cmd.PRP2, n)
+		if cap(segs) > cap(c.segs) {
+			c.segs = segs[:0] // keep the grown array for the next command
+		}
+		return segs, st
 	case psdt == 3 || cmd.SQID == 0 || !c.cfg.SGL:
 		return nil, StatusInvalidField // admin commands must use PRPs on PCIe
 	}
@@ -45,7 +49,6 @@ func (c *Controller) prpSegments(prp1, prp2 uint64, n int) ([]segment, Status) {
 	}
 	first := min(uint64(n), ps-prp1%ps)
 	segs := append(c.segs[:0], segment{iova: prp1, n: int(first)})
-	defer func() { c.segs = segs[:0] }()
 	rem := uint64(n) - first
 	if rem == 0 {
 		return segs, 0
