@@ -2,7 +2,6 @@ package nvme
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -371,9 +370,4 @@ func (c *Controller) FormatNVM(ctx context.Context, nsid uint32, lbaf uint8, ses
 	}
 	c.nsMu.Unlock()
 	return nil
-}
-
-// errIsTimeout reports whether err is a timeout of ours or the caller's.
-func errIsTimeout(err error) bool {
-	return errors.Is(err, ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }

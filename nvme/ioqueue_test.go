@@ -631,3 +631,60 @@ func TestSGL(t *testing.T) {
 		})
 	}
 }
+
+func TestSubmitBadInput(t *testing.T) {
+	c, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}}, nil, 8)
+	buf, _ := pool.Get() // 128 KiB
+	big, err := c.NewPool(1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigBuf, _ := big.Get()
+	cases := []struct {
+		name string
+		r    *Request
+		want string
+	}{
+		{"no namespace", &Request{Opcode: NVMRead, Buf: buf}, "no namespace"},
+		{"unsupported opcode", &Request{Opcode: NVMVerify, Namespace: ns, Buf: buf}, "not supported by Submit"},
+		{"buffer too small", &Request{Opcode: NVMRead, Namespace: ns, Blocks: 512, Buf: buf}, "buffer of 131072 bytes is too small for 512 blocks"},
+		{"past the end", &Request{Opcode: NVMWrite, Namespace: ns, LBA: 9000, Blocks: 8, Buf: buf}, "lba 9000+8 is past the end of namespace 1 (8192 blocks)"},
+		{"above MDTS", &Request{Opcode: NVMRead, Namespace: ns, Buf: bigBuf}, "1048576 bytes in one command, the controller takes at most 524288"},
+		{"zero length", &Request{Opcode: NVMRead, Namespace: ns}, "zero-length"},
+		{"too many ranges", &Request{Opcode: NVMDatasetManagement, Namespace: ns, Blocks: 257, Buf: buf}, "257 ranges"},
+		{"unaligned data", &Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: buf.Slice(2, 512)}, "not dword aligned"},
+	}
+	for _, tc := range cases {
+		err := qp.Submit(tc.r)
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want ErrInvalidArgument saying %q", tc.name, err, tc.want)
+		}
+	}
+	if qp.Inflight() != 0 || qp.pair.Free() != 7 {
+		t.Errorf("after rejected submits: %d in flight, %d of 7 slots free", qp.Inflight(), qp.pair.Free())
+	}
+	// A request may not be submitted again while in flight.
+	hold := m.Inject(&nvmetest.Fault{Hold: true})
+	r := Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: buf}
+	if err := qp.Submit(&r); err != nil {
+		t.Fatal(err)
+	}
+	if err := qp.Submit(&r); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "still in flight") {
+		t.Errorf("resubmit while in flight: %v", err)
+	}
+	m.Remove(hold)
+	m.ReleaseHeld()
+	if n, err := qp.Poll(1, 1); n != 1 || err != nil || r.Err != nil {
+		t.Fatalf("Poll: %d, %v (request err %v)", n, err, r.Err)
+	}
+	if err := qp.Submit(&r); err != nil {
+		t.Errorf("resubmit after completion: %v", err)
+	}
+}
+
+func TestOpenPCIMissingDevice(t *testing.T) {
+	_, err := OpenPCI("0000:ff:1f.7", nil)
+	if err == nil || !strings.Contains(err.Error(), "0000:ff:1f.7") {
+		t.Errorf("OpenPCI of a device that does not exist: %v; want an error naming it", err)
+	}
+}
