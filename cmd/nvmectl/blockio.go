@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/nvmepoll/nvmepoll/nvme"
 )
@@ -170,7 +171,6 @@ func cmdRead(e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("cannot write the output file: %w", err)
 		}
-		defer f.Close()
 		out = f
 	}
 	err = s.open(spec, func(d *device, ns *nvme.Namespace) error {
@@ -201,6 +201,7 @@ func cmdRead(e *env, args []string) error {
 		return nil
 	})
 	if f, ok := out.(*os.File); ok && out != e.stdout {
+		// Close reports a failed write-back (a full disk) that Write may not have.
 		if cerr := f.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("closing %s: %w", *output, cerr)
 		}
@@ -448,7 +449,7 @@ func cmdFormat(e *env, args []string) error {
 		if !*force {
 			return usagef("format erases all %s of namespace %d on %s; add --force to do it", humanBytes(float64(ns.Size())), ns.ID(), d.name)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*60e9)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		if err := d.ctrl.FormatNVM(ctx, ns.ID(), uint8(*lbaf), uint8(*ses)); err != nil {
 			return fmt.Errorf("%s: format namespace %d: %w", d.name, ns.ID(), err)

@@ -10,10 +10,6 @@ import (
 
 	"github.com/nvmepoll/nvmepoll/nvme"
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
-	"github.com/nvmepoll/nvmepoll/queue"
-	"github.com/nvmepoll/nvmepoll/vfio"
-	"github.com/nvmepoll/nvmepoll/vfio/dma"
-	"github.com/nvmepoll/nvmepoll/vfio/mmio"
 	"github.com/nvmepoll/nvmepoll/vfio/pci"
 )
 
@@ -105,18 +101,10 @@ func openDevice(spec string, opts *nvme.Options) (*device, error) {
 	if err := checkVFIOBound(addr); err != nil {
 		return nil, err
 	}
-	vd, err := vfio.Open(addr)
+	// OpenPCI's errors name the address and the fix (vfio's "bind it first", RLIMIT_MEMLOCK...).
+	ctrl, err := nvme.OpenPCI(addr, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", addr, err)
-	}
-	dev, err := newPCIDevice(vd)
-	if err != nil {
-		vd.Close()
-		return nil, fmt.Errorf("%s: %w", addr, err)
-	}
-	ctrl, err := nvme.Open(dev, opts)
-	if err != nil {
-		return nil, fmt.Errorf("%s: bringing up the controller: %w", addr, err)
+		return nil, err
 	}
 	return &device{name: addr, ctrl: ctrl}, nil
 }
@@ -143,38 +131,6 @@ func checkVFIOBound(addr string) error {
 		return fmt.Errorf("%s is bound to the kernel's %s driver, not vfio-pci; run 'nvmectl bind %s' first (it refuses while the disk is mounted)",
 			addr, f.Driver, addr)
 	}
-}
-
-// pciDevice is nvme.Device over a vfio.Device: BAR0 registers and doorbells, IOMMU-mapped DMA.
-//
-// nvme.OpenPCI is meant to provide this; until it lands in package nvme, nvmectl carries its own.
-type pciDevice struct {
-	vd   *vfio.Device
-	bar0 mmio.Region
-}
-
-func newPCIDevice(vd *vfio.Device) (*pciDevice, error) {
-	bar, err := vd.BAR(0)
-	if err != nil {
-		return nil, fmt.Errorf("mapping BAR0: %w", err)
-	}
-	// The registers up to the admin doorbells must be there for Read32/Write32 to be safe.
-	if bar.Len() < nvme.RegDoorbellBase+8 {
-		return nil, fmt.Errorf("BAR0 is %d bytes, too small for NVMe registers and doorbells", bar.Len())
-	}
-	return &pciDevice{vd: vd, bar0: bar}, nil
-}
-
-func (p *pciDevice) Read32(off int) uint32     { return p.bar0.Read32(off) }
-func (p *pciDevice) Write32(off int, v uint32) { p.bar0.Write32(off, v) }
-func (p *pciDevice) DMA() dma.Allocator        { return p.vd.DMA() }
-func (p *pciDevice) Close() error              { return p.vd.Close() }
-func (p *pciDevice) Doorbell(off int) (queue.Doorbell, error) {
-	w, err := p.bar0.Word(off)
-	if err != nil {
-		return nil, fmt.Errorf("doorbell at 0x%x: %w", off, err)
-	}
-	return queue.NewMMIODoorbell(w), nil
 }
 
 // withDevice opens spec, runs f and closes the device, reporting a failed close.
