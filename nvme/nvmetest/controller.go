@@ -169,6 +169,7 @@ type Controller struct {
 	stats   Stats
 	scratch []byte
 	segs    []segment // reused by prpSegments
+	list    []byte    // PRP list entries, reused by prpSegments
 	fetched Command   // the command being run, see fetchLocked
 
 	wake chan struct{}

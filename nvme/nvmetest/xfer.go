@@ -74,7 +74,10 @@ func (c *Controller) prpSegments(prp1, prp2 uint64, n int) ([]segment, Status) {
 		need := (rem + ps - 1) / ps
 		chain := need > slots
 		k := min(need, slots)
-		entries := make([]byte, 8*k)
+		if cap(c.list) < int(8*k) {
+			c.list = make([]byte, 8*k)
+		}
+		entries := c.list[:8*k]
 		if !c.mem.read(list, entries) {
 			return nil, StatusDataTransferError
 		}
