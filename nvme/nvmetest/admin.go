@@ -343,3 +343,17 @@ func (c *Controller) formatLocked(cmd *Command) result {
 	}
 	return result{}
 }
+
+// Feature returns the current value (Set Features CDW11) of feature fid,
+// for tests that check what the driver configured; ok is false for
+// features the model does not have. Number of Queues reports the granted
+// counts, 0's based, as Get Features does.
+func (c *Controller) Feature(fid uint8) (v uint32, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fid == fidNumQueues {
+		return uint32(c.nsqa-1) | uint32(c.ncqa-1)<<16, true
+	}
+	v, ok = c.features[fid]
+	return v, ok
+}

@@ -124,7 +124,16 @@ func TestFeatures(t *testing.T) {
 	if c := h.admin.ok(Command{Opcode: OpGetFeatures, CDW10: 1<<8 | fidWriteCache}); c.DW0 != 1 {
 		t.Errorf("default volatile write cache = %d, want 1", c.DW0)
 	}
+	if v, ok := h.c.Feature(fidNumQueues); !ok || v != 0 {
+		t.Errorf("Feature(Number of Queues) = %#x, %v; want 0 (one of each granted)", v, ok)
+	}
+	if _, ok := h.c.Feature(0x55); ok {
+		t.Error("Feature(0x55) reports a feature the model does not have")
+	}
 	h.admin.ok(Command{Opcode: OpSetFeatures, CDW10: fidArbitration, CDW11: 0x03020103})
+	if v, _ := h.c.Feature(fidArbitration); v != 0x03020103 {
+		t.Errorf("Feature(Arbitration) = %#x after Set Features", v)
+	}
 	if c := h.admin.ok(Command{Opcode: OpGetFeatures, CDW10: fidArbitration}); c.DW0 != 0x03020103 {
 		t.Errorf("arbitration = %#x, want what was set", c.DW0)
 	}
