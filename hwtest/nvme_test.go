@@ -45,8 +45,8 @@ func TestNVMeBringUp(t *testing.T) {
 		if id.NN < 1 {
 			t.Errorf("NN = %d, want at least 1 namespace", id.NN)
 		}
-		if serial := os.Getenv("NVMEPOLL_TEST_SERIAL"); serial != "" && id.SN != serial {
-			t.Errorf("serial %q, want %q (NVMEPOLL_TEST_SERIAL)", id.SN, serial)
+		if serial := expectedSerial(t, addr); serial != "" && id.SN != serial {
+			t.Errorf("serial %q, want %q", id.SN, serial)
 		}
 		if inQEMU() {
 			if id.MN != "QEMU NVMe Ctrl" {
@@ -69,6 +69,25 @@ func TestNVMeBringUp(t *testing.T) {
 			t.Errorf("round %d: second Close: %v", round, err)
 		}
 	}
+}
+
+// expectedSerial is the serial the controller at addr was started with:
+// NVMEPOLL_TEST_SERIAL if set, else its entry in NVMEPOLL_TEST_DEVICES
+// (the guest's "serial=address" list), else "" (not known).
+func expectedSerial(t *testing.T, addr string) string {
+	if s := os.Getenv("NVMEPOLL_TEST_SERIAL"); s != "" {
+		return s
+	}
+	devs, err := parseDeviceList(os.Getenv("NVMEPOLL_TEST_DEVICES"))
+	if err != nil {
+		t.Fatalf("NVMEPOLL_TEST_DEVICES: %v", err)
+	}
+	for serial, a := range devs {
+		if a == addr {
+			return serial
+		}
+	}
+	return ""
 }
 
 // readBack writes random data at a few sizes and LBAs of ns and reads each
