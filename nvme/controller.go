@@ -354,8 +354,11 @@ func (c *Controller) Status() error {
 // Close shuts the controller down cleanly: it drains and deletes every
 // queue pair (so call it once no other goroutine is submitting or polling), sets CC.SHN to "normal" and waits for CSTS.SHST "complete"
 // (bounded by Options.ShutdownTimeout or RTD3E), then frees DMA memory and
-// closes the device. It is safe to call more than once.
+// closes the device. It is safe to call more than once, and on nil.
 func (c *Controller) Close() error {
+	if c == nil {
+		return nil
+	}
 	c.closeOnce.Do(func() { c.closeErr = c.teardown(true) })
 	return c.closeErr
 }

@@ -530,8 +530,11 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 // by Options.AdminTimeout), deletes the SQ and then the CQ, and frees their
 // memory. Requests the controller never completes are delivered with an
 // error wrapping ErrClosed. Call it from the goroutine that uses the pair.
-// It is safe to call more than once.
+// It is safe to call more than once, and on nil.
 func (q *QueuePair) Close() error {
+	if q == nil {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), q.c.opts.AdminTimeout)
 	defer cancel()
 	return q.close(ctx, true)
