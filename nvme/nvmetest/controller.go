@@ -17,7 +17,6 @@ const (
 	regINTMC = 0x10 // Interrupt Mask Clear
 	regCC    = 0x14 // Controller Configuration
 	regCSTS  = 0x1c // Controller Status
-	regNSSR  = 0x20 // NVM Subsystem Reset: CAP.NSSRS is 0, so writes are ignored
 	regAQA   = 0x24 // Admin Queue Attributes
 	regASQ   = 0x28 // Admin Submission Queue Base Address, 64-bit
 	regACQ   = 0x30 // Admin Completion Queue Base Address, 64-bit

@@ -130,7 +130,6 @@ func TestReadyDelayAndNeverReady(t *testing.T) {
 	}
 
 	c = NewController(t, Config{FailEnable: true, Inline: true})
-	h = &host{t: t, c: c}
 	c.Write32(regAQA, 0x00030003)
 	c.Write32(regASQ, 0x1000)
 	c.Write32(regACQ, 0x2000)
