@@ -273,3 +273,16 @@ func TestNvmectlPerf(t *testing.T) {
 		t.Errorf("perf jobs %+v", r.Jobs)
 	}
 }
+
+// TestNvmectlPerfOneQueue: a controller with a single I/O queue pair (QEMU max_ioqpairs=1)
+// still runs perf -j 1, and -j 2 is refused with the limit named.
+func TestNvmectlPerfOneQueue(t *testing.T) {
+	addr := testDeviceBySerial(t, "oneq")
+	out := mustNvmectl(t, nil, "perf", addr, "-q", "8", "-o", "4K", "-w", "randread", "-t", "0.5")
+	if !strings.Contains(out, "queue 1") || !strings.Contains(out, "0 errors") {
+		t.Errorf("perf on the one-queue controller:\n%s", out)
+	}
+	if _, errs, code := runNvmectl(t, nil, "perf", addr, "-q", "8", "-w", "randread", "-t", "0.5", "-j", "2"); code != 2 || !strings.Contains(errs, "granted 1 I/O queue pairs") {
+		t.Errorf("perf -j 2 on the one-queue controller: exit %d, %q", code, errs)
+	}
+}
