@@ -24,23 +24,23 @@ type blockRange struct {
 
 func rangeFlags(fs *flag.FlagSet, withCount bool) *blockRange {
 	r := &blockRange{}
-	fs.Func("lba", "first logical block", func(s string) error {
+	fs.Func("lba", "`LBA` of the first block", func(s string) error {
 		_, err := fmt.Sscan(s, &r.lba)
 		r.lbaSet = true
 		return numErr("lba", s, err)
 	})
-	fs.Func("offset", "first byte (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
+	fs.Func("offset", "first `BYTE` (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
 		v, err := parseSize(s)
 		r.offset, r.offSet = v, true
 		return err
 	})
 	if withCount {
-		fs.Func("count", "number of blocks", func(s string) error {
+		fs.Func("count", "number of `BLOCKS`", func(s string) error {
 			_, err := fmt.Sscan(s, &r.count)
 			r.cntSet = true
 			return numErr("count", s, err)
 		})
-		fs.Func("size", "number of bytes (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
+		fs.Func("size", "number of `BYTES` (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
 			v, err := parseSize(s)
 			r.size, r.sizSet = v, true
 			return err
@@ -154,8 +154,8 @@ func chunkBlocks(d *device, ns *nvme.Namespace) uint64 {
 
 func cmdRead(e *env, args []string) error {
 	s := newIOSetup("read", true, true)
-	output := s.fs.String("output", "", "write the data to FILE (default stdout)")
-	s.fs.StringVar(output, "o", "", "same as --output")
+	output := s.fs.String("output", "", "write the data to `FILE` (default stdout)")
+	s.fs.StringVar(output, "o", "", "`FILE`, same as --output")
 	pos, err := parse(e, "read", s.fs, args)
 	if err != nil {
 		return err
@@ -211,8 +211,8 @@ func cmdRead(e *env, args []string) error {
 
 // inputFlags adds --input/-i and --pad for write and compare.
 func inputFlags(fs *flag.FlagSet) (input *string, pad *bool) {
-	input = fs.String("input", "", "read the data from FILE (default stdin)")
-	fs.StringVar(input, "i", "", "same as --input")
+	input = fs.String("input", "", "read the data from `FILE` (default stdin)")
+	fs.StringVar(input, "i", "", "`FILE`, same as --input")
 	pad = fs.Bool("pad", false, "zero-fill a short final block instead of failing")
 	return input, pad
 }
@@ -420,9 +420,9 @@ func cmdFlush(e *env, args []string) error {
 
 func cmdFormat(e *env, args []string) error {
 	s := newIOSetup("format", false, false)
-	lbaf := s.fs.Int("lbaf", -1, "LBA format index (see id-ns)")
-	s.fs.IntVar(lbaf, "l", -1, "same as --lbaf")
-	ses := s.fs.Int("ses", 0, "secure erase: 0 none, 1 user data, 2 cryptographic")
+	lbaf := s.fs.Int("lbaf", -1, "LBA format `INDEX` (id-ns lists them)")
+	s.fs.IntVar(lbaf, "l", -1, "`INDEX`, same as --lbaf")
+	ses := s.fs.Int("ses", 0, "secure erase `SES`: 0 none, 1 user data, 2 cryptographic")
 	force := s.fs.Bool("force", false, "really format: every block of the namespace is lost")
 	pos, err := parse(e, "format", s.fs, args)
 	if err != nil {

@@ -66,8 +66,8 @@ func cmdIDCtrl(e *env, args []string) error {
 // jsonFlags adds --json and nvme-cli's spelling -o json / --output-format json.
 func jsonFlags(fs *flag.FlagSet) *bool {
 	j := new(bool)
-	fs.BoolVar(j, "json", false, "print JSON with nvme-cli 2.x's keys")
-	fs.Func("output-format", "normal or json (as nvme-cli -o)", func(s string) error {
+	fs.BoolVar(j, "json", false, "print JSON with nvme-cli 2.x's keys (as nvme-cli -o json)")
+	fs.Func("output-format", "`FORMAT`: normal or json (as nvme-cli -o)", func(s string) error {
 		switch s {
 		case "json":
 			*j = true
@@ -307,8 +307,8 @@ func nsidFlag(fs *flag.FlagSet) *uint32 {
 		*n = uint32(v)
 		return nil
 	}
-	fs.Func("n", "namespace id (from 1)", set)
-	fs.Func("namespace-id", "same as -n", set)
+	fs.Func("n", "namespace `NSID` (from 1)", set)
+	fs.Func("namespace-id", "`NSID`, same as -n", set)
 	return n
 }
 

@@ -121,7 +121,7 @@ func kelvin(k uint16) string {
 func cmdErrorLog(e *env, args []string) error {
 	fs := newFlags("error-log")
 	asJSON := jsonFlags(fs)
-	entries := fs.Int("e", 0, "number of entries to read (default: all the controller keeps, ELPE+1)")
+	entries := fs.Int("e", 0, "number of `ENTRIES` to read (default: all the controller keeps, ELPE+1)")
 	pos, err := parse(e, "error-log", fs, args)
 	if err != nil {
 		return err

@@ -165,7 +165,7 @@ func printHelp(w io.Writer, name string, fs *flag.FlagSet) {
 		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 			def = fmt.Sprintf(" (default %s)", f.DefValue)
 		}
-		fmt.Fprintf(w, "  %-22s %s%s\n", arg, usage, def)
+		fmt.Fprintf(w, "  %-24s %s%s\n", arg, usage, def)
 	}
 }
 

@@ -43,19 +43,20 @@ func cmdPerf(e *env, args []string) error {
 	fs := newFlags("perf")
 	var c perfConfig
 	nsid := nsidFlag(fs)
-	fs.IntVar(&c.depth, "q", 0, "queue depth: I/Os in flight per queue pair (1 to the controller's limit)")
-	size := fs.String("o", "4K", "I/O size in bytes (suffixes K, M, KiB...), a multiple of the block size")
-	fs.StringVar(&c.workload, "w", "", "workload: randread, randwrite, read, write or randrw")
-	fs.IntVar(&c.mix, "mix", 50, "percentage of reads for randrw (as fio's rwmixread, spdk_nvme_perf -M)")
-	fs.Float64Var(&c.seconds, "t", 0, "run time in seconds (fractions allowed)")
-	fs.IntVar(&c.queues, "j", 1, "queue pairs, each driven by its own goroutine")
+	fs.IntVar(&c.depth, "q", 0, "queue `DEPTH`: I/Os in flight per queue pair (1 to the controller's limit)")
+	size := fs.String("o", "4K", "I/O `SIZE` in bytes (suffixes K, M, KiB...), a multiple of the block size")
+	fs.StringVar(&c.workload, "w", "", "`WORKLOAD`: randread, randwrite, read, write or randrw")
+	fs.IntVar(&c.mix, "mix", 50, "`PCT` of I/Os that are reads in randrw (fio's rwmixread, spdk_nvme_perf -M)")
+	fs.Float64Var(&c.seconds, "t", 0, "run time in `SECONDS` (fractions allowed)")
+	fs.IntVar(&c.queues, "j", 1, "number of queue pairs (`QUEUES`), each driven by its own goroutine")
 	asJSON := jsonFlags(fs)
+	fs.Lookup("json").Usage = "print the results as JSON"
 	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
-	fs.Func("offset", "first byte of the region I/O goes to (default 0; suffixes K, M, G...)", func(s string) (err error) {
+	fs.Func("offset", "first `BYTE` of the region I/O goes to (default 0; suffixes K, M, G...)", func(s string) (err error) {
 		c.offset, err = parseSize(s)
 		return err
 	})
-	fs.Func("size", "bytes of the region I/O goes to (default: to the end of the namespace)", func(s string) (err error) {
+	fs.Func("size", "`BYTES` in the region I/O goes to (default: to the end of the namespace)", func(s string) (err error) {
 		c.size, err = parseSize(s)
 		return err
 	})
