@@ -286,3 +286,43 @@ func TestNvmectlPerfOneQueue(t *testing.T) {
 		t.Errorf("perf -j 2 on the one-queue controller: exit %d, %q", code, errs)
 	}
 }
+
+// TestNvmectlBindUnbind moves a controller the kernel's nvme driver holds (NVMEPOLL_KERNEL_DEVICES,
+// guest.sh --nvme-kernel) to vfio-pci with nvmectl bind, uses it, and gives it back with unbind.
+func TestNvmectlBindUnbind(t *testing.T) {
+	testDevice(t)
+	devs, err := parseDeviceList(os.Getenv("NVMEPOLL_KERNEL_DEVICES"))
+	if err != nil {
+		t.Fatalf("NVMEPOLL_KERNEL_DEVICES: %v", err)
+	}
+	var addr string
+	for _, a := range devs {
+		addr = a
+		break
+	}
+	if addr == "" {
+		t.Skip("no controller on the kernel nvme driver (guest.sh --nvme-kernel SERIAL)")
+	}
+	driver := func() string {
+		l, _ := os.Readlink(filepath.Join(sysPCI, addr, "driver"))
+		return filepath.Base(l)
+	}
+	if out := mustNvmectl(t, nil, "bind", addr); !strings.Contains(out, "nvme -> vfio-pci") || driver() != "vfio-pci" {
+		t.Fatalf("bind %s: %q, driver now %q", addr, out, driver())
+	}
+	defer func() {
+		if driver() != "nvme" {
+			runNvmectl(t, nil, "unbind", addr)
+		}
+	}()
+	if out := mustNvmectl(t, nil, "bind", addr); !strings.Contains(out, "already on vfio-pci") {
+		t.Errorf("second bind %s: %q, want it to change nothing", addr, out)
+	}
+	mustNvmectl(t, nil, "id-ctrl", addr)
+	if out := mustNvmectl(t, nil, "unbind", addr); !strings.Contains(out, "vfio-pci -> nvme") || driver() != "nvme" {
+		t.Errorf("unbind %s: %q, driver now %q", addr, out, driver())
+	}
+	if _, errs, code := runNvmectl(t, nil, "id-ctrl", addr); code != 1 || !strings.Contains(errs, "nvmectl bind "+addr) {
+		t.Errorf("id-ctrl on the kernel's controller: exit %d, %q; want 1 and the bind command", code, errs)
+	}
+}
