@@ -326,3 +326,42 @@ func TestNvmectlBindUnbind(t *testing.T) {
 		t.Errorf("id-ctrl on the kernel's controller: exit %d, %q; want 1 and the bind command", code, errs)
 	}
 }
+
+// TestNvmectlBindRefusesMounted mounts a file system on a kernel-held controller's namespace
+// and checks that nvmectl bind refuses to take the controller, naming the mount.
+func TestNvmectlBindRefusesMounted(t *testing.T) {
+	testDevice(t)
+	devs, _ := parseDeviceList(os.Getenv("NVMEPOLL_KERNEL_DEVICES"))
+	var addr string
+	for _, a := range devs {
+		addr = a
+		break
+	}
+	if addr == "" {
+		t.Skip("no controller on the kernel nvme driver (guest.sh --nvme-kernel SERIAL)")
+	}
+	blks, _ := filepath.Glob(filepath.Join(sysPCI, addr, "nvme", "nvme*", "nvme*n1"))
+	if len(blks) == 0 {
+		t.Skipf("%s has no namespace block device", addr)
+	}
+	blk := "/dev/" + filepath.Base(blks[0])
+	mkfs, err := exec.LookPath("mke2fs")
+	if err != nil {
+		t.Skip("no mke2fs to make a file system with")
+	}
+	if out, err := exec.Command(mkfs, "-q", blk).CombinedOutput(); err != nil {
+		t.Skipf("mke2fs %s: %v %s", blk, err, out)
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", blk, dir).CombinedOutput(); err != nil {
+		t.Skipf("mount %s: %v %s (no ext2/ext4 in this kernel?)", blk, err, out)
+	}
+	defer exec.Command("umount", dir).Run()
+	_, errs, code := runNvmectl(t, nil, "bind", addr)
+	if code != 1 || !strings.Contains(errs, blk+" is mounted on "+dir) {
+		t.Errorf("bind of a controller with a mounted namespace: exit %d, %q", code, errs)
+	}
+	if l, _ := os.Readlink(filepath.Join(sysPCI, addr, "driver")); filepath.Base(l) != "nvme" {
+		t.Errorf("the refused controller is on %q now, want it left on nvme", filepath.Base(l))
+	}
+}
