@@ -75,22 +75,6 @@ func (p le) u128String(off int) string {
 	return v.String()
 }
 
-// str is a space-padded ASCII field, trailing blanks and NULs removed; non-printable bytes
-// become '.', so device data cannot put control characters on a terminal.
-func (p le) str(off, n int) string {
-	var b strings.Builder
-	for i := off; i < off+n && i < len(p); i++ {
-		c := p[i]
-		if c < 0x20 || c > 0x7e {
-			if c == 0 {
-				break
-			}
-			c = '.'
-		}
-		b.WriteByte(c)
-	}
-	return strings.TrimRight(b.String(), " ")
-}
 
 func (p le) hex(off, n int) string {
 	var b strings.Builder
