@@ -75,7 +75,6 @@ func (p le) u128String(off int) string {
 	return v.String()
 }
 
-
 func (p le) hex(off, n int) string {
 	var b strings.Builder
 	for i := off; i < off+n; i++ {
