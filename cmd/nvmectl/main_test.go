@@ -250,6 +250,12 @@ func TestIDCtrl(t *testing.T) {
 		t.Errorf("psds[0] has no max_power: %v", psds[0])
 	}
 
+	if o := mustRun(t, nil, "id-ctrl", "sim", "--output-format", "json"); o != out {
+		t.Error("id-ctrl --output-format json differs from --json")
+	}
+	if _, errs, code := nvmectl(t, nil, "id-ctrl", "sim", "--output-format", "xml"); code != exitUsage || !strings.Contains(errs, `output format "xml"`) {
+		t.Errorf("--output-format xml: exit %d, %q", code, errs)
+	}
 	human := mustRun(t, nil, "id-ctrl", "sim")
 	for _, want := range []string{"NVME Identify Controller:", "vid       : 0x1b36", "sn        : " + nvmetest.DefaultSerialNumber, "ps    0 : mp:"} {
 		if !strings.Contains(human, want) {
