@@ -10,6 +10,8 @@
 /bin/busybox --install -s /bin
 export PATH=/payload:/bin
 export HOME=/root TMPDIR=/tmp
+# The command's output goes to a log file on the host, not to a terminal (the kernel says TERM=linux).
+export TERM=dumb
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

@@ -15,6 +15,9 @@ command -v go >/dev/null || {
 #   mdts2      MDTS=2: at most 4 pages per command, so transfers must be split
 #   oneq       max_ioqpairs=1: a single I/O queue pair
 #   lbaf       no disk of its own; namespace 1 with 512 B blocks, namespace 2 with 4 KiB blocks
+#   kernel0    left on the kernel's nvme driver (NVMEPOLL_KERNEL_DEVICES): bind/unbind and
+#              cross-checks against the kernel; it keeps the kernel driver registered, so the
+#              driver also probes the others at boot before /init hands them to vfio-pci
 guest_topology=(
 	--nvme nvmepoll0
 	--nvme mdts2,mdts=2
@@ -23,4 +26,10 @@ guest_topology=(
 	--qemu-arg -device --qemu-arg nvme,id=lbaf,serial=lbaf
 	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf512,nsid=1,logical_block_size=512,physical_block_size=512
 	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf4k,nsid=2,logical_block_size=4096,physical_block_size=4096
+	--nvme-kernel kernel0
 )
+
+# build_nvmectl DIR builds a static nvmectl (the guest has no libc) into DIR/nvmectl.
+build_nvmectl() {
+	CGO_ENABLED=0 go build -o "$1/nvmectl" ./cmd/nvmectl
+}

@@ -65,10 +65,12 @@ ensure_cc() {
 
 run_hwtest() {
 	CGO_ENABLED=0 go test -c -o "$tmp/hwtest.test" ./hwtest || { echo "building the hwtest binary failed"; return 1; }
+	# hwtest/nvmectl_test.go runs the real binary against the guest's controllers.
+	build_nvmectl "$tmp" || { echo "building nvmectl failed"; return 1; }
 	local rc=0
 	bash scripts/guest.sh --timeout "${NVMEPOLL_GUEST_TIMEOUT:-1800}" --mem 2048 \
 		"${guest_topology[@]}" --env NVMEPOLL_REQUIRE_DEVICE=1 \
-		--file "$tmp/hwtest.test" -- \
+		--file "$tmp/hwtest.test" --file "$tmp/nvmectl" -- \
 		hwtest.test -test.v -test.count=1 -test.timeout=25m "${hwflags[@]+"${hwflags[@]}"}" 2>&1 | tee "$tmp/hwtest.out"
 	rc=${PIPESTATUS[0]}
 	local pass fail skip
