@@ -362,3 +362,21 @@ func (e *CQEError) Error() string {
 	}
 	return fmt.Sprintf("queue %d: bad CQE (%v): %+v", e.QID, e.Kind, c)
 }
+
+// Reset returns the pair to the state New left it in, for a controller
+// reset that re-creates the queue over the same memory: ring indices at 0,
+// the expected phase at 1, the CQ zeroed so no old entry looks new, and
+// every slot free. Commands that were posted are forgotten; the caller
+// owns re-posting or failing them. Stats keep counting.
+func (p *Pair) Reset() {
+	clear(unsafe.Slice((*byte)(p.cq), int(p.depth)*CQESize))
+	p.tail, p.rungTail, p.head, p.rungHead = 0, 0, 0, 0
+	p.phase = phaseBit
+	p.posted = 0
+	slots := len(p.state)
+	clear(p.state)
+	p.free = p.free[:slots]
+	for i := range p.free {
+		p.free[i] = uint16(slots - 1 - i)
+	}
+}
