@@ -48,6 +48,12 @@ type Options struct {
 	// PRPs are used. nvmepoll's buffers are contiguous in IOVA space, so
 	// one descriptor covers any transfer and no list page is needed.
 	SGL bool
+	// NoShadowDoorbells keeps every doorbell update an MMIO write. By
+	// default, when the controller offers Doorbell Buffer Config (OACS
+	// bit 8, e.g. QEMU's emulated NVMe), I/O queues publish tails and
+	// heads in a shadow buffer and write MMIO only when the controller's
+	// EventIdx asks for it (see Controller.ShadowDoorbells).
+	NoShadowDoorbells bool
 }
 
 func (o *Options) withDefaults() Options {
@@ -113,6 +119,7 @@ type Controller struct {
 	syncMax   int             // at most this many
 	syncPool  *Pool           // bounce buffers for the synchronous API
 	pools     []*Pool         // from NewPool, under qpMu; closed on Close
+	dbbuf     dbbuf           // shadow doorbell and EventIdx pages (dbbuf.go)
 
 	nsMu       sync.Mutex
 	namespaces map[uint32]*Namespace
@@ -198,6 +205,9 @@ func (c *Controller) bringUp() error {
 	n := min(sq, cq) + 1
 	c.qids = make([]bool, n)
 	c.qids[0] = true
+	if err := c.setupShadowDoorbells(ctx); err != nil {
+		return err
+	}
 
 	// The synchronous API's queue pairs are made on first use, so a user
 	// of a one-queue controller who only submits asynchronously gets it.
@@ -395,6 +405,7 @@ func (c *Controller) teardown(shutdown bool) error {
 	if shutdown {
 		errs = append(errs, c.shutdown())
 	}
+	errs = append(errs, c.freeShadowDoorbells()...)
 	a := c.dev.DMA()
 	for _, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {
 		if b.Len() > 0 {

@@ -30,6 +30,9 @@ type QueuePair struct {
 	sq, cq    dma.Buffer
 	prp       dma.Buffer // listPages PRP list pages per slot
 	listPages int
+	// sqShadow and cqShadow are the pair's doorbells when the controller
+	// has shadow doorbells (dbbuf.go), for their counters; nil otherwise.
+	sqShadow, cqShadow *queue.ShadowDoorbell
 	// inflight[cid] is the request posted with that command id. A fixed
 	// array indexed by cid: the hot path never hashes or allocates.
 	inflight []*Request
@@ -166,6 +169,7 @@ func (q *QueuePair) setup(depth int) error {
 	if err != nil {
 		return fmt.Errorf("nvme: CQ %d doorbell: %w", q.id, err)
 	}
+	sqdb, cqdb = q.shadowDoorbells(sqdb, cqdb)
 	q.pair, err = queue.New(queue.Config{
 		ID: q.id, Depth: depth, SQ: q.sq, CQ: q.cq, PageSize: PageSize, SQTail: sqdb, CQHead: cqdb,
 	})

@@ -34,6 +34,7 @@ type perfConfig struct {
 	json     bool
 	hist     bool
 	force    bool
+	noShadow bool // Options.NoShadowDoorbells
 
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
@@ -60,6 +61,7 @@ func cmdPerf(e *env, args []string) error {
 		c.size, err = parseSize(s)
 		return err
 	})
+	fs.BoolVar(&c.noShadow, "no-shadow", false, "write every doorbell to MMIO even if the controller offers shadow doorbells")
 	fs.BoolVar(&c.force, "force", false, "allow a write workload on a controller that is not sim or the demo's")
 	pos, err := parse(e, "perf", fs, args)
 	if err != nil {
@@ -98,7 +100,7 @@ func cmdPerf(e *env, args []string) error {
 	}
 	// perf uses only its own queue pairs (the synchronous API makes its pair on first use, and
 	// perf never uses it), so a one-queue controller can still run -j 1.
-	opts := &nvme.Options{IOQueues: c.queues, SyncQueues: 1}
+	opts := &nvme.Options{IOQueues: c.queues, SyncQueues: 1, NoShadowDoorbells: c.noShadow}
 	return withDevice(spec, opts, func(d *device) error {
 		return runPerf(e, d, &c)
 	})
@@ -398,6 +400,34 @@ type doorbellJSON struct {
 	SQPerIO     float64 `json:"sq_doorbells_per_io"`
 	CQPerIO     float64 `json:"cq_doorbells_per_io"`
 	BadCQEs     uint64  `json:"bad_cqes"`
+	// Shadow: the queue published doorbell values in the shadow buffer;
+	// the *_doorbells above count those, the MMIO fields the register
+	// writes among them (equal without shadow doorbells).
+	Shadow    bool    `json:"shadow"`
+	SQMMIO    uint64  `json:"sq_mmio_writes"`
+	CQMMIO    uint64  `json:"cq_mmio_writes"`
+	MMIOPerIO float64 `json:"mmio_writes_per_io"`
+}
+
+// add sums b into db (for the total row) and recomputes the ratios over ios.
+func (db *doorbellJSON) add(b *doorbellJSON, ios uint64) {
+	db.Posted += b.Posted
+	db.Completed += b.Completed
+	db.SQDoorbells += b.SQDoorbells
+	db.CQDoorbells += b.CQDoorbells
+	db.BadCQEs += b.BadCQEs
+	db.Shadow = db.Shadow || b.Shadow
+	db.SQMMIO += b.SQMMIO
+	db.CQMMIO += b.CQMMIO
+	db.ratios(ios)
+}
+
+func (db *doorbellJSON) ratios(ios uint64) {
+	if ios == 0 {
+		return
+	}
+	per := func(n uint64) float64 { return float64(int64(float64(n)/float64(ios)*1000)) / 1000 }
+	db.SQPerIO, db.CQPerIO, db.MMIOPerIO = per(db.SQDoorbells), per(db.CQDoorbells), per(db.SQMMIO+db.CQMMIO)
 }
 
 type bucketJSON struct {
@@ -464,20 +494,22 @@ func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWor
 	}
 	var total histogram
 	var reads, writes, errs uint64
+	var dbTotal doorbellJSON
 	for _, w := range workers {
 		j := jobJSON(int(w.qp.ID()), &w.hist, w.reads, w.writesN, w.errs, elapsed, c.ioSize, c.hist)
-		st := w.qp.Stats()
-		db := &doorbellJSON{Posted: st.Posted, Completed: st.Completed, SQDoorbells: st.SQDoorbells, CQDoorbells: st.CQDoorbells, BadCQEs: st.Bad()}
-		if w.hist.n > 0 {
-			db.SQPerIO = float64(int64(float64(st.SQDoorbells)/float64(w.hist.n)*1000)) / 1000
-			db.CQPerIO = float64(int64(float64(st.CQDoorbells)/float64(w.hist.n)*1000)) / 1000
-		}
+		st, dbs := w.qp.Stats(), w.qp.Doorbells()
+		db := &doorbellJSON{Posted: st.Posted, Completed: st.Completed, SQDoorbells: st.SQDoorbells, CQDoorbells: st.CQDoorbells, BadCQEs: st.Bad(),
+			Shadow: dbs.Shadow, SQMMIO: dbs.SQ.MMIOWrites, CQMMIO: dbs.CQ.MMIOWrites}
+		db.ratios(w.hist.n)
 		j.Doorbells = db
 		r.Jobs = append(r.Jobs, j)
 		total.merge(&w.hist)
 		reads, writes, errs = reads+w.reads, writes+w.writesN, errs+w.errs
+		dbTotal.add(db, 0)
 	}
 	r.Total = jobJSON(0, &total, reads, writes, errs, elapsed, c.ioSize, c.hist)
+	dbTotal.ratios(total.n)
+	r.Total.Doorbells = &dbTotal
 	return r
 }
 
@@ -508,6 +540,18 @@ func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, work
 		fmt.Fprintf(out, "queue %d: %d SQ writes (%.3f per I/O), %d CQ writes (%.3f per I/O), %d commands posted, %d bad CQEs\n",
 			j.Queue, db.SQDoorbells, db.SQPerIO, db.CQDoorbells, db.CQPerIO, db.Posted, db.BadCQEs)
 	}
+	// MMIO writes are what cost (a trap into the hypervisor under emulation); with shadow
+	// doorbells most doorbell updates are only memory stores.
+	mode := "off"
+	if r.Total.Doorbells.Shadow {
+		mode = "on"
+	}
+	fmt.Fprintf(out, "MMIO doorbell writes (shadow doorbells %s): ", mode)
+	for _, j := range r.Jobs {
+		db := j.Doorbells
+		fmt.Fprintf(out, "queue %d: %d SQ + %d CQ; ", j.Queue, db.SQMMIO, db.CQMMIO)
+	}
+	fmt.Fprintf(out, "total %d, %.3f per I/O\n", r.Total.Doorbells.SQMMIO+r.Total.Doorbells.CQMMIO, r.Total.Doorbells.MMIOPerIO)
 	if c.hist {
 		fmt.Fprintf(out, "\nlatency histogram (all queues):\n")
 		var cum uint64
