@@ -91,6 +91,7 @@ type Ring struct {
 	done       list // finished, not yet delivered
 	batch      [Batch]*Request
 	inflight   atomic.Int64 // submitted and not yet delivered
+	w          waiter       // the wait step's mode and state (wait.go)
 }
 
 // New returns a Ring that polls c and hands finished requests to deliver, at
@@ -177,6 +178,7 @@ func (r *Ring) poll(ctx context.Context, min, max int) (int, error) {
 	if r.closed {
 		return 0, ErrClosed
 	}
+	defer r.w.end()
 	n := 0
 	for spins := 0; ; spins++ {
 		again, err := r.check(&n, min, max)
@@ -188,7 +190,9 @@ func (r *Ring) poll(ctx context.Context, min, max int) (int, error) {
 				return n, err
 			}
 		}
-		r.wait(spins)
+		if err := r.w.wait(ctx, spins); err != nil {
+			return n, err
+		}
 	}
 }
 
@@ -272,18 +276,6 @@ func (r *Ring) reap(n *int, max int) {
 	}
 }
 
-// wait runs between two device polls when the first did not find enough.
-// It is the only place that decides how to wait, so adaptive polling
-// (seeds/004: a poll window that grows and shrinks) and blocking on an
-// MSI-X eventfd can replace its body without touching the loop. Today it
-// busy-polls and yields the processor now and then, so submitters and other
-// goroutines run on a busy machine.
-func (r *Ring) wait(spins int) {
-	if spins%yieldEvery == yieldEvery-1 {
-		runtime.Gosched()
-	}
-}
-
 // Close stops the Ring: later Submitted and Poll calls return ErrClosed,
 // and every request still in flight is polled to completion and delivered
 // (aio_iopoll_reap_events). Close waits for a running Poll to return. If
@@ -304,6 +296,7 @@ func (r *Ring) Close(ctx context.Context) error {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
+	defer r.w.end()
 
 	for spins := 0; !r.completing.empty() || !r.done.empty() || r.nsubmitted.Load() != 0; spins++ {
 		n := 0
@@ -319,7 +312,11 @@ func (r *Ring) Close(ctx context.Context) error {
 				return fmt.Errorf("iopoll: close gave up with %d requests in flight: %w", r.Inflight(), err)
 			}
 		}
-		r.wait(spins)
+		// The wait step is the only place that decides how to wait
+		// (busy-poll, adaptive window, interrupt: see wait.go).
+		if err := r.w.wait(ctx, spins); err != nil {
+			return fmt.Errorf("iopoll: close with %d requests in flight: %w", r.Inflight(), err)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,253 @@
+package iopoll
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"time"
+)
+
+// Mode is how a Ring waits between two device polls that did not find
+// enough completions. The reap loop (Poll's min/max contract, batching,
+// delivery) is the same in every mode; only this wait step differs.
+type Mode int
+
+const (
+	// ModePoll busy-polls the device, yielding the processor now and then:
+	// the lowest latency, and a whole core while anything is in flight.
+	ModePoll Mode = iota
+	// ModeInterrupt blocks on the completion queue's interrupt as soon as
+	// a device poll comes back empty.
+	ModeInterrupt
+	// ModeAdaptive polls for up to an adaptive window, then blocks on the
+	// interrupt (QEMU aio-posix, shared/seeds/004). The window grows while
+	// waits end a little after it, and shrinks when they run past Max.
+	ModeAdaptive
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModePoll:
+		return "poll"
+	case ModeInterrupt:
+		return "interrupt"
+	case ModeAdaptive:
+		return "adaptive"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// ParseMode turns "poll", "interrupt" or "adaptive" into a Mode.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range []Mode{ModePoll, ModeInterrupt, ModeAdaptive} {
+		if s == m.String() {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("iopoll: unknown completion mode %q: want poll, interrupt or adaptive", s)
+}
+
+// Interrupt is what a Ring blocks on in ModeInterrupt and ModeAdaptive: an
+// MSI-X eventfd for a real controller, a channel in the nvmetest model.
+// A notification is edge-like: the device signals once when it posts
+// completions, and nothing is remembered but "signalled since the last
+// Clear".
+type Interrupt interface {
+	// Clear consumes pending notifications without blocking (for an
+	// eventfd: reads its counter to zero). The Ring polls the device once
+	// more after Clear and before Wait, so a completion posted just
+	// before Clear is found by that poll, and one posted after it makes
+	// Wait return at once: no wake-up is lost.
+	Clear() error
+	// Wait blocks until a notification arrives or timeout passes and
+	// reports whether one arrived.
+	Wait(timeout time.Duration) (bool, error)
+}
+
+// Window bounds of ModeAdaptive.
+const (
+	// DefaultWindowStart is the first poll window, as in QEMU (4 µs).
+	DefaultWindowStart = 4 * time.Microsecond
+	// DefaultWindowMax caps the window. QEMU's iothread default
+	// poll-max-ns is 32 µs; we allow 64 µs because a wake-up through
+	// MSI-X, eventfd and the scheduler costs a few µs of CPU and 5-20 µs of
+	// latency on real hardware (much more under emulation), and flash
+	// reads complete in 10-100 µs: a read that ends within 64 µs is
+	// cheaper to spin for than to sleep on, one that takes longer is
+	// cheaper to sleep on.
+	DefaultWindowMax = 64 * time.Microsecond
+	// blockSlice bounds one blocking wait, so a context is looked at and
+	// a lost interrupt (a misconfigured IOMMU, a device bug) costs a
+	// stall, never a hang. It is counted in WaitStats.Timeouts.
+	blockSlice = 100 * time.Millisecond
+)
+
+// WaitOptions configures how a Ring waits (see NewWithWait).
+type WaitOptions struct {
+	Mode Mode
+	// Interrupt is required by ModeInterrupt and ModeAdaptive.
+	Interrupt Interrupt
+	// WindowStart and WindowMax bound ModeAdaptive's poll window
+	// (defaults DefaultWindowStart and DefaultWindowMax).
+	WindowStart, WindowMax time.Duration
+}
+
+// WaitStats is a snapshot of how a Ring has been waiting, for diagnostics.
+type WaitStats struct {
+	Mode Mode
+	// Window is ModeAdaptive's current poll window (0: it blocks at once).
+	Window, WindowMax time.Duration
+	// Blocks counts blocking waits; Wakeups those ended by a
+	// notification, Timeouts those that ran their whole slice.
+	Blocks, Wakeups, Timeouts uint64
+	// Grows and Shrinks count window changes.
+	Grows, Shrinks uint64
+}
+
+// NewWithWait is New with a completion mode: how Poll waits for the device
+// when it has not found enough. New(c, deliver) is ModePoll.
+func NewWithWait(c Completer, deliver func(batch []*Request), o WaitOptions) (*Ring, error) {
+	r := New(c, deliver)
+	switch o.Mode {
+	case ModePoll:
+	case ModeInterrupt, ModeAdaptive:
+		if o.Interrupt == nil {
+			return nil, fmt.Errorf("iopoll: %v mode needs an Interrupt to block on", o.Mode)
+		}
+	default:
+		return nil, fmt.Errorf("iopoll: unknown completion mode %d", int(o.Mode))
+	}
+	if o.WindowStart <= 0 {
+		o.WindowStart = DefaultWindowStart
+	}
+	if o.WindowMax <= 0 {
+		o.WindowMax = DefaultWindowMax
+	}
+	if o.WindowStart > o.WindowMax {
+		return nil, fmt.Errorf("iopoll: poll window start %v is above its maximum %v", o.WindowStart, o.WindowMax)
+	}
+	r.w = waiter{mode: o.Mode, irq: o.Interrupt, start: o.WindowStart, max: o.WindowMax}
+	r.w.window.Store(int64(o.WindowStart))
+	return r, nil
+}
+
+// WaitStats returns the Ring's wait mode, adaptive window and counters. It
+// may be called from any goroutine.
+func (r *Ring) WaitStats() WaitStats {
+	w := &r.w
+	return WaitStats{
+		Mode: w.mode, Window: time.Duration(w.window.Load()), WindowMax: w.max,
+		Blocks: w.blocks.Load(), Wakeups: w.wakeups.Load(), Timeouts: w.timeouts.Load(),
+		Grows: w.grows.Load(), Shrinks: w.shrinks.Load(),
+	}
+}
+
+// waiter is the wait step's state. The zero value is ModePoll. Only the
+// reaper touches the unexported non-atomic fields.
+type waiter struct {
+	mode       Mode
+	irq        Interrupt
+	start, max time.Duration
+
+	began time.Time // first wait of the current Poll; zero if none yet
+	armed bool      // Clear done, the device polled since: Wait may block
+
+	window                    atomic.Int64 // ns
+	blocks, wakeups, timeouts atomic.Uint64
+	grows, shrinks            atomic.Uint64
+}
+
+// wait runs between two device polls of one Poll (or Close) call. spins
+// counts the device polls so far in this call.
+func (w *waiter) wait(ctx context.Context, spins int) error {
+	if w.mode == ModePoll {
+		if spins%yieldEvery == yieldEvery-1 {
+			runtime.Gosched()
+		}
+		return nil
+	}
+	if w.began.IsZero() {
+		w.began = time.Now()
+	}
+	if w.mode == ModeAdaptive && !w.armed && time.Since(w.began) < time.Duration(w.window.Load()) {
+		if spins%yieldEvery == yieldEvery-1 {
+			runtime.Gosched()
+		}
+		return nil
+	}
+	if !w.armed {
+		// Arm: forget old notifications, then let the loop poll the
+		// device once more before blocking.
+		if err := w.irq.Clear(); err != nil {
+			return err
+		}
+		w.armed = true
+		return nil
+	}
+	w.armed = false
+	d := blockSlice
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			d = max(min(d, time.Until(dl)), time.Microsecond)
+		}
+	}
+	w.blocks.Add(1)
+	got, err := w.irq.Wait(d)
+	if err != nil {
+		return err
+	}
+	if got {
+		w.wakeups.Add(1)
+	} else {
+		w.timeouts.Add(1)
+	}
+	return nil
+}
+
+// end closes one Poll: it adapts the window to how long the caller waited
+// for the device, as aio_poll does with block_ns.
+func (w *waiter) end() {
+	w.armed = false
+	if w.began.IsZero() {
+		return
+	}
+	waited := time.Since(w.began)
+	w.began = time.Time{}
+	if w.mode != ModeAdaptive {
+		return
+	}
+	w.adapt(waited)
+}
+
+// adapt applies seeds/004's rule to one wait that lasted waited.
+func (w *waiter) adapt(waited time.Duration) {
+	win := time.Duration(w.window.Load())
+	switch {
+	case waited <= win:
+		// The sweet spot: polling caught it.
+	case waited > w.max:
+		// Polling longer would not have helped: poll less. Halve it; below
+		// the start it drops to 0, where every wait blocks at once (QEMU's
+		// default poll_shrink of 0 resets straight to 0).
+		win /= 2
+		if win < w.start {
+			win = 0
+		}
+		w.window.Store(int64(win))
+		w.shrinks.Add(1)
+	case win < w.max:
+		// It ended after the window but within the cap: polling a bit
+		// longer would have avoided a sleep.
+		if win == 0 {
+			win = w.start
+		} else {
+			win = min(win*2, w.max)
+		}
+		w.window.Store(int64(win))
+		w.grows.Add(1)
+	}
+}
