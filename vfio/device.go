@@ -40,6 +40,7 @@ type Device struct {
 	info      deviceInfo
 	config    regionInfo
 	bars      [VFIO_PCI_BAR5_REGION_INDEX + 1][]byte // mmapped BARs, nil until BAR(i)
+	msix      []*Interrupt                           // per MSI-X vector; nil until the first Interrupt (irq.go)
 
 	ranges []dma.Range       // as the kernel reported them
 	iova   *dma.IOVASpace    // allocator over ranges
@@ -418,6 +419,11 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	var errs []error
+	// Interrupts first: the device must stop signalling before its
+	// eventfds go away.
+	if err := d.disableMSIX(); err != nil {
+		errs = append(errs, err)
+	}
 	for iova, mem := range d.maps {
 		if err := d.unmapDMA(iova, mem); err != nil {
 			errs = append(errs, err)

@@ -41,7 +41,8 @@
 //
 // All ioctl numbers and structs are in ioctl.go, with the kernel's names,
 // and every raw ioctl goes through one function there. The IRQ structures
-// (IRQInfo, IRQSet) and constants are there for MSI-X; nothing uses them yet.
+// (IRQInfo, IRQSet) and constants are there for MSI-X, which irq.go uses:
+// Device.Interrupt attaches an eventfd to one MSI-X vector.
 //
 // # Errors
 //
