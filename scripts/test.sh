@@ -6,7 +6,9 @@
 #   3. hwtest       builds ./hwtest's test binary and runs it with -test.v in a QEMU guest
 #                   (scripts/guest.sh) against emulated NVMe controllers bound to vfio-pci; fails
 #                   if the guest run fails, if no test passed, or if every test skipped
-#   4. go test -race ./...   last, so its closing lines close the output
+#   4. bench        a short run of the hot-path benchmarks (nvme BenchmarkHotPath QD1/QD32 against
+#                   a zero-work completer); fails if any allocates (docs/PERFORMANCE.md)
+#   5. go test -race ./...   last, so its closing lines close the output
 #
 # Every stage runs even when an earlier one failed; the exit status is 1 if any failed.
 #
@@ -92,9 +94,18 @@ run_hwtest() {
 	fi
 }
 
+# The hot path must not allocate: a short benchmark run (not a timing: CI machines are noisy)
+# whose allocs/op must all be 0.
+run_bench_smoke() {
+	go test -run='^$' -bench='HotPath/QD(1|32)$' -benchtime=2000x -benchmem ./nvme/ | tee "$tmp/bench.out" || return 1
+	awk '/^BenchmarkHotPath/ { n++; for (i = 1; i < NF; i++) if ($(i+1) == "allocs/op" && $i != 0) { print "hot path allocates: " $0; bad = 1 } }
+		END { if (n < 2) { print "bench: expected BenchmarkHotPath QD1 and QD32 results, got " n + 0; exit 1 } exit bad }' "$tmp/bench.out"
+}
+
 stage gofmt check_gofmt
 stage vet go vet ./...
 stage hwtest run_hwtest
+stage bench run_bench_smoke
 stage cc ensure_cc
 
 echo
