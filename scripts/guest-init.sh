@@ -82,9 +82,9 @@ while read -r role serial addr; do
 		[ -e /sys/bus/pci/drivers/nvme ] || fail "controller $serial: the kernel nvme driver is not registered"
 		# The driver probes asynchronously; wait for the namespace's block device.
 		n=0
-		while [ -z "$(ls -d $d/nvme/nvme*/nvme*n* 2>/dev/null)" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+		while [ -z "$(ls -d $d/nvme/nvme*/nvme*n* 2>/dev/null)" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 		ns=$(ls -d $d/nvme/nvme*/nvme*n* 2>/dev/null | head -n1)
-		[ -n "$ns" ] || fail "controller $serial ($addr): the kernel nvme driver made no block device within 30 s"
+		[ -n "$ns" ] || fail "controller $serial ($addr): the kernel nvme driver made no block device within 60 s"
 		log "controller $serial: $addr on the kernel nvme driver, /dev/${ns##*/}"
 		kernel_list="$kernel_list,$serial=$addr"
 		;;

@@ -33,7 +33,8 @@
 #   --disk ID=SIZE               create an empty raw image @TMP@/ID.img and `-drive if=none,id=ID` for it.
 #   --qemu-arg ARG               one extra argument for qemu (repeat for each word). @TMP@ becomes the
 #                                run's temporary directory. A `-device nvme,...` given here is handled
-#                                like --nvme: it gets an addr= if it has none, its serial= is exported.
+#                                like --nvme: it gets an addr= if it has none, its serial= is exported
+#                                (such a device must sit on the root bus, pcie.0, the default).
 #   --file PATH[:NAME]           copy PATH into the guest's /payload (as NAME). /payload is on PATH.
 #   --env NAME=VALUE             set an environment variable for the command.
 #   --module NAME                also load kernel module NAME (and its dependencies) in the guest.
@@ -370,6 +371,9 @@ for a in "${qargs[@]+"${qargs[@]}"}"; do
 	fi
 	qemu_dev+=("$a")
 done
+
+dups=$(awk '{print $2}' <<<"$devices" | sort | uniq -d | tr '\n' ' ')
+[[ -z ${dups// /} ]] || die "two controllers with serial ${dups% }: serials name the controllers in the guest, so they must differ"
 
 # Initramfs: busybox, the modules in load order, /init, and the payload. Uncompressed: the
 # kernel unpacks it faster than TCG would decompress it.
