@@ -94,6 +94,7 @@ qargs=()      # raw qemu args
 files=()      # "path:name"
 envs=()       # "NAME=VALUE"
 modules=(vfio vfio_iommu_type1 vfio-pci)
+order=()      # controllers in option order: "c:I" (ctrls[I]) or "q:J" (qargs[J], a -device nvme)
 
 need_arg() { [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"; }
 
@@ -108,6 +109,7 @@ while [[ $# -gt 0 ]]; do
 		[[ $2 == *,* ]] && props=${2#*,}
 		[[ $serial =~ ^[A-Za-z0-9_.-]{1,20}$ ]] ||
 			die "$1 $2: serial '$serial' must be 1-20 characters of [A-Za-z0-9_.-] (it names env entries and disk files)"
+		order+=("c:${#ctrls[@]}")
 		ctrls+=("$role $serial $props")
 		shift 2
 		;;
@@ -119,7 +121,12 @@ while [[ $# -gt 0 ]]; do
 		disks+=("$2")
 		shift 2
 		;;
-	--qemu-arg) need_arg "$@"; qargs+=("$2"); shift 2 ;;
+	--qemu-arg)
+		need_arg "$@"
+		[[ $2 =~ ^nvme(,|$) ]] && order+=("q:${#qargs[@]}")
+		qargs+=("$2")
+		shift 2
+		;;
 	--file)
 		need_arg "$@"
 		src=${2%%:*}
@@ -324,8 +331,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Controllers. Raw `-device nvme,...` qemu args get the same treatment as --nvme.
-[[ ${#ctrls[@]} -gt 0 ]] || printf '%s\n' "${qargs[@]+"${qargs[@]}"}" | grep -q '^nvme,' || ctrls=("vfio nvmepoll0 ")
+# Controllers. Raw `-device nvme,...` qemu args get the same treatment as --nvme. Addresses are
+# given out in option order, skipping any addr= the raw args fix.
+if [[ ${#order[@]} -eq 0 ]]; then
+	order=("c:0")
+	ctrls=("vfio nvmepoll0 ")
+fi
 
 used_slots=" "
 for a in "${qargs[@]+"${qargs[@]}"}"; do
@@ -334,44 +345,45 @@ for a in "${qargs[@]+"${qargs[@]}"}"; do
 	fi
 done
 next_slot=3
-alloc_slot() {
-	while [[ $used_slots == *" $next_slot "* ]]; do next_slot=$((next_slot + 1)); done
-	[[ $next_slot -le 31 ]] || die "more than 29 PCI devices on pcie.0"
-	used_slots+="$next_slot "
-	slot=$next_slot
-}
+declare -A slot_of=()
+devices="" # lines "role serial address" for the guest, in option order
+for o in "${order[@]}"; do
+	if [[ $o == c:* ]]; then
+		read -r role serial _ <<<"${ctrls[${o#c:}]}"
+	else
+		a=${qargs[${o#q:}]}
+		role=vfio
+		serial=$(sed -n 's/.*\(^\|,\)serial=\([^,]*\).*/\2/p' <<<"$a")
+		[[ -n $serial ]] || die "--qemu-arg $a: an nvme device needs serial= (it names the controller in the guest)"
+	fi
+	if [[ $o == q:* && $a =~ ,addr=(0x)?([0-9a-fA-F]+) ]]; then
+		slot=$((16#${BASH_REMATCH[2]}))
+	else
+		while [[ $used_slots == *" $next_slot "* ]]; do next_slot=$((next_slot + 1)); done
+		[[ $next_slot -le 31 ]] || die "more than 29 PCI devices on pcie.0"
+		used_slots+="$next_slot "
+		slot=$next_slot
+		slot_of[$o]=$slot
+	fi
+	devices+=$(printf '%s %s 0000:00:%02x.0' "$role" "$serial" "$slot")$'\n'
+done
 
-devices=""  # lines "role serial addr" for the guest
 qemu_dev=()
-i=0
-for c in "${ctrls[@]+"${ctrls[@]}"}"; do
-	read -r role serial props <<<"$c"
-	alloc_slot
+for i in "${!ctrls[@]}"; do
+	read -r role serial props <<<"${ctrls[$i]}"
 	truncate -s "$disk_size" "$tmp/$serial.img" 2>/dev/null || die "--disk-size $disk_size: truncate failed"
 	qemu_dev+=(-drive "if=none,id=nvmepoll-disk$i,format=raw,file=$tmp/$serial.img"
-		-device "nvme,serial=$serial,drive=nvmepoll-disk$i,addr=$(printf '0x%x' "$slot")${props:+,$props}")
-	devices+=$(printf '%s %s 0000:00:%02x.0' "$role" "$serial" "$slot")$'\n'
-	i=$((i + 1))
+		-device "nvme,serial=$serial,drive=nvmepoll-disk$i,addr=$(printf '0x%x' "${slot_of[c:$i]}")${props:+,$props}")
 done
 for d in "${disks[@]+"${disks[@]}"}"; do
 	truncate -s "${d#*=}" "$tmp/${d%%=*}.img"
 	qemu_dev+=(-drive "if=none,id=${d%%=*},format=raw,file=$tmp/${d%%=*}.img")
 done
-for a in "${qargs[@]+"${qargs[@]}"}"; do
-	a=${a//@TMP@/$tmp}
-	if [[ $a =~ ^nvme(,|$) ]]; then
-		serial=$(sed -n 's/.*\(^\|,\)serial=\([^,]*\).*/\2/p' <<<"$a")
-		[[ -n $serial ]] || die "--qemu-arg $a: an nvme device needs serial= (it names the controller in the guest)"
-		if [[ ! $a =~ (^|,)addr= ]]; then
-			alloc_slot
-			a+=",addr=$(printf '0x%x' "$slot")"
-		fi
-		slot=$(sed -n 's/.*[,]addr=\(0x\)\{0,1\}\([0-9a-fA-F]*\).*/\2/p' <<<"$a")
-		devices+=$(printf 'vfio %s 0000:00:%02x.0' "$serial" "$((16#$slot))")$'\n'
-	fi
+for j in "${!qargs[@]}"; do
+	a=${qargs[$j]//@TMP@/$tmp}
+	[[ -n ${slot_of[q:$j]:-} ]] && a+=",addr=$(printf '0x%x' "${slot_of[q:$j]}")"
 	qemu_dev+=("$a")
 done
-
 dups=$(awk '{print $2}' <<<"$devices" | sort | uniq -d | tr '\n' ' ')
 [[ -z ${dups// /} ]] || die "two controllers with serial ${dups% }: serials name the controllers in the guest, so they must differ"
 
