@@ -54,6 +54,7 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 		cqe, ok, err := c.admin.Next()
 		if err != nil {
 			lastBad = err // counted by the queue; keep waiting for ours
+			c.countBadCQE(err)
 			continue
 		}
 		if ok {

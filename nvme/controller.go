@@ -24,9 +24,16 @@ type Options struct {
 	// AdminTimeout bounds one admin command when its context has no
 	// earlier deadline (default 10 s).
 	AdminTimeout time.Duration
-	// IOTimeout bounds one synchronous I/O command (ReadAt, WriteBlocks...)
-	// when its context has no earlier deadline (default 30 s).
+	// IOTimeout bounds one I/O command (default 30 s, as Linux's
+	// nvme_core.io_timeout). A synchronous call returns when its context
+	// has an earlier deadline; either way a command outstanding this long
+	// gets an Abort, and if that does not end it within AbortTimeout, a
+	// controller reset (see Reset). On the asynchronous path the check
+	// runs in Poll, with a resolution of min(IOTimeout/4, 1 s).
 	IOTimeout time.Duration
+	// AbortTimeout bounds the wait for an Abort to end a timed-out command
+	// before the controller is reset (default 5 s).
+	AbortTimeout time.Duration
 	// ShutdownTimeout bounds the wait for CSTS.SHST "complete" on Close.
 	// Default: the controller's RTD3E if it reports one, else 10 s.
 	ShutdownTimeout time.Duration
@@ -74,6 +81,7 @@ func (o *Options) withDefaults() Options {
 	def(&r.AdminDepth, 32)
 	defDur(&r.AdminTimeout, 10*time.Second)
 	defDur(&r.IOTimeout, 30*time.Second)
+	defDur(&r.AbortTimeout, 5*time.Second)
 	def(&r.MaxTransfer, 2<<20)
 	def(&r.IOQueues, 16)
 	def(&r.SyncQueues, 2)
@@ -124,6 +132,9 @@ type Controller struct {
 	nsMu       sync.Mutex
 	namespaces map[uint32]*Namespace
 
+	rec    recovery  // reset state and error counters (recovery.go, health.go)
+	opened time.Time // for the coarse I/O clock (timeout.go)
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -134,7 +145,7 @@ type Controller struct {
 // for I/O queues. On success the Controller owns dev and closes it on Close;
 // on failure dev is closed too.
 func Open(dev Device, opts *Options) (*Controller, error) {
-	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}}
+	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}, opened: time.Now()}
 	if err := c.bringUp(); err != nil {
 		c.teardown(false)
 		return nil, err

@@ -42,6 +42,14 @@ type QueuePair struct {
 	badCQEs   uint64
 	lastBad   error
 
+	// Recovery and timeouts (recovery.go, timeout.go); owner goroutine only.
+	gen        uint64     // controller generation the queues were created in
+	broken     error      // re-creating the queues after a reset failed
+	recovering []*Request // scratch for recover
+	tick       int64      // coarse clock (Controller.now), stamped on requests
+	lastScan   int64      // tick of the last timeout scan
+	reaps      uint32     // Reap calls, for the clock refresh
+
 	closing   atomic.Bool // Submit refuses new work
 	dead      atomic.Bool // queues deleted: Reap fails what is left
 	closeOnce sync.Once
@@ -89,6 +97,10 @@ type Request struct {
 	qp        *QueuePair
 	cid       uint16
 	finished  bool  // set on delivery; for the synchronous path
+	stamp     int64 // posted at this coarse time (timeout.go)
+	abortAt   int64 // Abort sent at this time, 0 if none
+	resubmits uint8 // times re-posted after a controller reset
+	timedOut  bool  // its timeout caused a reset: fail, do not resubmit
 	abandoned bool  // the synchronous caller gave up (timeout)
 	bounce    *Pool // pool to return Buf to if abandoned
 }
@@ -106,7 +118,7 @@ func (c *Controller) NewQueuePair(depth int) (*QueuePair, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1)}
+	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1), gen: c.rec.gen.Load()}
 	if err := q.setup(depth); err != nil {
 		q.free()
 		c.releaseQID(qid)
@@ -248,6 +260,20 @@ func (q *QueuePair) post(r *Request) error {
 	if r.qp != nil && !r.finished {
 		return fmt.Errorf("nvme: %w: request (cid %d on queue %d) is still in flight", ErrInvalidArgument, r.cid, r.qp.id)
 	}
+	if q.gen != q.c.rec.gen.Load() {
+		q.recover() // a controller reset happened: re-create the queues first
+	}
+	if q.broken != nil {
+		return q.broken
+	}
+	r.resubmits, r.abortAt, r.timedOut = 0, 0, false
+	return q.issue(r, true)
+}
+
+// issue builds r's command, takes a slot and posts it. track hands r to
+// the ring (a new submission); a resubmission after a reset is on the ring
+// already.
+func (q *QueuePair) issue(r *Request, track bool) error {
 	var cmd queue.Command
 	n, err := q.build(r, &cmd)
 	if err != nil {
@@ -280,7 +306,12 @@ func (q *QueuePair) post(r *Request) error {
 	}
 	cmd.CID = cid
 	r.qp, r.cid, r.Err, r.DW0, r.finished = q, cid, nil, 0, false
+	q.stamp(r)
 	q.inflight[cid] = r
+	if !track {
+		q.pair.Post(&cmd)
+		return nil
+	}
 	if err := q.ring.Submitted(&r.ioreq); err != nil {
 		r.qp = nil
 		q.inflight[cid] = nil
@@ -372,11 +403,15 @@ const idleCheckEvery = 1 << 14
 // completed times out on the synchronous path.
 func (q *QueuePair) Reap(max int) (int, error) {
 	n := 0
+	if q.gen != q.c.rec.gen.Load() {
+		n += q.recover() // a controller reset (or failure) happened
+	}
 	for n < max {
 		cqe, ok, err := q.pair.Next()
 		if err != nil {
 			q.badCQEs++
 			q.lastBad = err
+			q.c.countBadCQE(err)
 			continue
 		}
 		if !ok {
@@ -389,16 +424,17 @@ func (q *QueuePair) Reap(max int) (int, error) {
 	if q.dead.Load() {
 		n += q.failAll()
 	}
+	if q.reaps++; q.reaps%tickEvery == 0 && q.pair.Outstanding() > 0 && q.clockAndScan() {
+		n += q.recover()
+	}
 	if n > 0 {
 		q.idlePolls = 0
 		return n, nil
 	}
-	if q.idlePolls++; q.idlePolls%idleCheckEvery == 0 {
-		if err := q.c.Status(); err != nil {
-			return 0, err
-		}
+	if q.idlePolls++; q.idlePolls%idleCheckEvery == 0 && q.checkHealth() {
+		n += q.recover()
 	}
-	return 0, nil
+	return n, nil
 }
 
 func (q *QueuePair) finish(cid, status uint16, dw0 uint32) {
@@ -516,7 +552,19 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 				q.ring.Poll(0, iopoll.Batch)
 			}
 			cancel()
+			// Past the I/O timeout (not just the caller's own deadline):
+			// if the abort does not end it, reset the controller.
+			if time.Since(start) >= q.c.opts.IOTimeout {
+				q.resolveOrReset(r)
+			}
 		}
+	}
+	if errors.Is(serr, ErrControllerFatal) {
+		// Reset now, so the next call finds a working controller; r
+		// (abandoned) is failed by the recovery, the rest resubmitted.
+		q.c.rec.counts.fatalStatus.Add(1)
+		q.c.autoReset(q.c.rec.gen.Load(), fmt.Sprintf("CSTS.CFS seen by a timed-out call on queue %d", q.id))
+		q.ring.Poll(0, iopoll.Batch)
 	}
 	if serr != nil {
 		return fmt.Errorf("%s: %w", what, serr)
@@ -567,7 +615,9 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	done, cancel := context.WithCancel(ctx)
 	cancel()
 	q.ring.Close(done) // stop Submit; the rest is reaped below
-	if deleteQueues && alive {
+	// After a controller reset the pair's queues exist only if it
+	// recovered since (the reset dropped them).
+	if deleteQueues && alive && q.gen == c.rec.gen.Load() {
 		bg := context.Background()
 		// Deleting the SQ aborts what is still outstanding; then the CQ.
 		if err := c.deleteIOSQ(bg, q.id); err != nil {

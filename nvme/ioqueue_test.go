@@ -302,7 +302,7 @@ func TestFaults(t *testing.T) {
 		{"bad SQ head", func() *nvmetest.Fault { return &nvmetest.Fault{BadSQHead: true} }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, m := openModel(t, nvmetest.Config{}, &Options{IOTimeout: 300 * time.Millisecond, SyncQueues: 1})
+			c, m := openModel(t, nvmetest.Config{}, &Options{IOTimeout: 300 * time.Millisecond, AbortTimeout: 300 * time.Millisecond, SyncQueues: 1})
 			ns, _ := c.Namespace(1)
 			f := tc.f()
 			f.Match, f.Count = nvmetest.MatchOpcode(false, nvmetest.OpRead), 1

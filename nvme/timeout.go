@@ -1,0 +1,123 @@
+package nvme
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nvmepoll/nvmepoll/iopoll"
+	"github.com/nvmepoll/nvmepoll/queue"
+)
+
+// Command timeouts on the asynchronous path.
+//
+// A request carries the pair's coarse clock (QueuePair.tick) from the
+// moment it was posted: no clock read per I/O. Reap refreshes the clock
+// every tickEvery calls and, at most every scanInterval, walks the
+// in-flight table:
+//
+//   - a request older than Options.IOTimeout gets an Abort (admin command,
+//     bounded by Options.AbortTimeout) and is marked;
+//   - a marked request still outstanding AbortTimeout later is what the
+//     abort did not resolve: the controller is reset (recovery.go), that
+//     request fails with ErrTimeout and the others are resubmitted.
+//
+// So the first action comes between IOTimeout and IOTimeout+scanInterval
+// after submission, provided somebody polls the pair: timeouts, like
+// completions, are noticed by Poll. The clock is refreshed on the submit
+// side only when a pair goes from idle to busy, so a stamp is never older
+// than the last Poll or idle->busy submit.
+
+// tickEvery is how many Reap calls pass between two clock reads.
+const tickEvery = 256
+
+// scanInterval is how often the in-flight table is walked for old requests
+// (the resolution of IOTimeout): a quarter of the timeout, at most a second.
+func (c *Controller) scanInterval() int64 {
+	return int64(min(c.opts.IOTimeout/4, time.Second))
+}
+
+// now is the monotonic clock in nanoseconds since the controller opened.
+func (c *Controller) now() int64 { return int64(time.Since(c.opened)) }
+
+// stamp marks r as posted now (the coarse clock).
+func (q *QueuePair) stamp(r *Request) {
+	if q.pair.Outstanding() == 0 {
+		q.tick = q.c.now() // idle pair: the clock may be stale
+	}
+	r.stamp = q.tick
+}
+
+// clockAndScan is Reap's periodic work: refresh the coarse clock, and walk
+// the in-flight table for requests past their timeout. It reports whether
+// a reset happened (the caller then recovers the pair).
+func (q *QueuePair) clockAndScan() bool {
+	c := q.c
+	now := c.now()
+	q.tick = now
+	if now-q.lastScan < c.scanInterval() {
+		return false
+	}
+	q.lastScan = now
+	timeout, abortWait := int64(c.opts.IOTimeout), int64(c.opts.AbortTimeout)
+	gen := c.rec.gen.Load()
+	for _, r := range q.inflight {
+		if r == nil {
+			continue
+		}
+		switch {
+		case r.abortAt != 0 && now-r.abortAt > abortWait:
+			// The abort did not end it: reset. The others are resubmitted.
+			r.timedOut = true
+			c.autoReset(gen, fmt.Sprintf("%v lba %d on queue %d outstanding %v, Abort did not end it within %v",
+				r.Opcode, r.LBA, q.id, time.Duration(now-r.stamp).Round(time.Millisecond), c.opts.AbortTimeout))
+			return c.rec.gen.Load() != q.gen
+		case r.abortAt == 0 && now-r.stamp > timeout:
+			c.rec.counts.timeouts.Add(1)
+			r.abortAt = now
+			q.sendAbort(r.cid)
+		}
+	}
+	return false
+}
+
+// sendAbort asks the controller to abort cid on this pair's SQ, bounded by
+// AbortTimeout. Whether it agrees does not matter here: an aborted command
+// completes (with Command Abort Requested) and one that does not is
+// handled by the next scan.
+func (q *QueuePair) sendAbort(cid uint16) {
+	c := q.c
+	c.rec.counts.aborts.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AbortTimeout)
+	c.Abort(ctx, q.id, cid)
+	cancel()
+}
+
+// resolveOrReset is the synchronous path's escalation (exec's giveUp has
+// already sent the Abort): poll until r completes or AbortTimeout passes,
+// then reset the controller, which fails r (abandoned) and resubmits the
+// rest.
+func (q *QueuePair) resolveOrReset(r *Request) {
+	c := q.c
+	gen := c.rec.gen.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AbortTimeout)
+	for !r.finished && ctx.Err() == nil {
+		if _, err := q.ring.PollContext(ctx, 0, iopoll.Batch); err != nil {
+			break
+		}
+	}
+	cancel()
+	if r.finished {
+		return
+	}
+	r.timedOut = true
+	c.autoReset(gen, fmt.Sprintf("synchronous %v lba %d on queue %d timed out, Abort did not end it within %v",
+		r.Opcode, r.LBA, q.id, c.opts.AbortTimeout))
+	q.ring.Poll(0, iopoll.Batch) // recover the pair: r is delivered (failed)
+}
+
+// setFeaturesCmd is a Set Features command (not saved) for use under
+// adminMu.
+func setFeaturesCmd(fid FeatureID, cdw11 uint32) queue.Command {
+	return queue.Command{Opcode: uint8(AdminSetFeatures), CDW10: uint32(fid), CDW11: cdw11}
+}
