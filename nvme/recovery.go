@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/nvmepoll/nvmepoll/queue"
 )
 
 // Controller reset and recovery.
@@ -181,6 +183,39 @@ func (c *Controller) restart(ctx context.Context) error {
 		return fmt.Errorf("after the reset the controller grants %d SQs and %d CQs, before it granted %d and %d: %w",
 			sq, cq, c.sqGranted, c.cqGranted, ErrOutOfSpec)
 	}
+	// Shadow doorbells (dbbuf.go) were forgotten too: give the same pages
+	// again, zeroed, so no old tail or EventIdx is taken for a new one.
+	// Each pair zeroes its own slots again when it recovers.
+	if c.dbbuf.on {
+		clear(c.dbbuf.shadow.Bytes)
+		clear(c.dbbuf.event.Bytes)
+		cmd := queue.Command{Opcode: uint8(AdminDoorbellBufferConfig), PRP1: c.dbbuf.shadow.IOVA, PRP2: c.dbbuf.event.IOVA}
+		if _, err := c.adminLocked(ctx, &cmd); err != nil {
+			return fmt.Errorf("restoring shadow doorbells: %w", err)
+		}
+	}
+	return nil
+}
+
+// resetShadowDoorbells starts the pair's shadow doorbells over (zero slots,
+// zero last value) in place: the queue.Pair holds pointers to them.
+func (q *QueuePair) resetShadowDoorbells() error {
+	if q.sqShadow == nil {
+		return nil
+	}
+	c := q.c
+	sqdb, err := c.dev.Doorbell(DoorbellOffset(q.id, false, c.stride))
+	if err != nil {
+		return err
+	}
+	cqdb, err := c.dev.Doorbell(DoorbellOffset(q.id, true, c.stride))
+	if err != nil {
+		return err
+	}
+	oldSQ, oldCQ := q.sqShadow, q.cqShadow
+	q.shadowDoorbells(sqdb, cqdb) // new ones, slots zeroed
+	*oldSQ, *oldCQ = *q.sqShadow, *q.cqShadow
+	q.sqShadow, q.cqShadow = oldSQ, oldCQ
 	return nil
 }
 
@@ -204,7 +239,10 @@ func (q *QueuePair) recover() int {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
 	defer cancel()
 	depth := q.pair.Depth()
-	err := c.createIOCQ(ctx, q.id, depth, q.cq.IOVA)
+	err := q.resetShadowDoorbells()
+	if err == nil {
+		err = c.createIOCQ(ctx, q.id, depth, q.cq.IOVA)
+	}
 	if err == nil {
 		err = c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
 	}

@@ -3,6 +3,7 @@ package nvme
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -28,6 +29,11 @@ const faultReads = 8
 
 func newFaultRun(t *testing.T, opts *Options) *faultRun {
 	t.Helper()
+	return newFaultRunWith(t, nvmetest.Config{}, opts)
+}
+
+func newFaultRunWith(t *testing.T, cfg nvmetest.Config, opts *Options) *faultRun {
+	t.Helper()
 	checkGoroutines(t)
 	if opts == nil {
 		opts = &Options{}
@@ -38,7 +44,7 @@ func newFaultRun(t *testing.T, opts *Options) *faultRun {
 	if opts.AbortTimeout == 0 {
 		opts.AbortTimeout = 200 * time.Millisecond
 	}
-	c, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{}, opts, 32)
+	c, m, ns, qp, pool := asyncSetup(t, cfg, opts, 32)
 	fr := &faultRun{c: c, m: m, ns: ns, qp: qp, pool: pool, reqs: make([]Request, faultReads), hits: make([]int, faultReads)}
 	// Each block carries its LBA, so a read that came back from the wrong
 	// place (or not at all) is caught.
@@ -242,7 +248,16 @@ func TestFaultOutcomes(t *testing.T) {
 // once with the right data, the queue pair object stays valid, and the
 // controller's queue count is restored.
 func TestResetResubmits(t *testing.T) {
-	fr := newFaultRun(t, &Options{IOTimeout: 10 * time.Second})
+	for _, shadow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shadow doorbells %v", shadow), func(t *testing.T) { testResetResubmits(t, shadow) })
+	}
+}
+
+func testResetResubmits(t *testing.T, shadow bool) {
+	fr := newFaultRunWith(t, nvmetest.Config{ShadowDoorbells: shadow}, &Options{IOTimeout: 10 * time.Second})
+	if on, _ := fr.c.ShadowDoorbells(); on != shadow {
+		t.Fatalf("shadow doorbells %v, want %v", on, shadow)
+	}
 	f := fr.m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: faultReads})
 	fr.run(t, func() {
 		waitHits(t, f, faultReads)
