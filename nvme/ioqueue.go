@@ -28,7 +28,8 @@ type QueuePair struct {
 	pair      *queue.Pair
 	ring      *iopoll.Ring
 	sq, cq    dma.Buffer
-	prp       dma.Buffer // listPages PRP list pages per slot
+	prp       dma.Buffer       // listPages PRP list pages per slot
+	irq       iopoll.Interrupt // the CQ's MSI-X vector; nil in ModePoll (irq.go)
 	listPages int
 	// sqShadow and cqShadow are the pair's doorbells when the controller
 	// has shadow doorbells (dbbuf.go), for their counters; nil otherwise.
@@ -109,8 +110,17 @@ var _ [unsafe.Offsetof(Request{}.ioreq)]struct{} // must be 0 (see deliver)
 
 // NewQueuePair creates an I/O completion queue and submission queue of
 // depth entries (2 to CAP.MQES+1; depth-1 commands can be outstanding),
-// each slot with pre-mapped PRP list pages for the largest transfer.
+// each slot with pre-mapped PRP list pages for the largest transfer. Its
+// Poll waits in ModeDefault: adaptive polling when the device can deliver
+// interrupts, busy polling otherwise.
 func (c *Controller) NewQueuePair(depth int) (*QueuePair, error) {
+	return c.NewQueuePairWith(QueueOptions{Depth: depth})
+}
+
+// NewQueuePairWith is NewQueuePair with a completion mode (see
+// QueueOptions).
+func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
+	depth := o.Depth
 	if max := c.cap.MaxQueueEntries(); depth < 2 || depth > max {
 		return nil, fmt.Errorf("nvme: %w: queue depth %d is outside 2..%d (CAP.MQES+1)", ErrInvalidArgument, depth, max)
 	}
@@ -119,7 +129,7 @@ func (c *Controller) NewQueuePair(depth int) (*QueuePair, error) {
 		return nil, err
 	}
 	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1), gen: c.rec.gen.Load()}
-	if err := q.setup(depth); err != nil {
+	if err := q.setup(depth, o); err != nil {
 		q.free()
 		c.releaseQID(qid)
 		return nil, err
@@ -153,7 +163,7 @@ func (c *Controller) releaseQID(qid uint16) {
 	c.qpMu.Unlock()
 }
 
-func (q *QueuePair) setup(depth int) error {
+func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	c := q.c
 	a := c.dev.DMA()
 	var err error
@@ -188,8 +198,11 @@ func (q *QueuePair) setup(depth int) error {
 	if err != nil {
 		return fmt.Errorf("nvme: %w", err)
 	}
+	if err := q.setupRing(o); err != nil { // the mode decides IEN on the CQ
+		return err
+	}
 	ctx := context.Background()
-	if err := c.createIOCQ(ctx, q.id, depth, q.cq.IOVA); err != nil {
+	if err := q.createCQ(ctx); err != nil {
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
 	if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
@@ -198,11 +211,11 @@ func (q *QueuePair) setup(depth int) error {
 		}
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
-	q.ring = iopoll.New(q, q.deliver)
 	return nil
 }
 
 func (q *QueuePair) free() {
+	q.closeInterrupt() // after the CQ is deleted: it no longer signals
 	a := q.c.dev.DMA()
 	for _, b := range []*dma.Buffer{&q.sq, &q.cq, &q.prp} {
 		if b.Len() > 0 {

@@ -36,6 +36,9 @@ type perfConfig struct {
 	force    bool
 	noShadow bool // Options.NoShadowDoorbells
 
+	verify bool   // --verify: the data integrity workload (verify.go)
+	ackLog string // --ack-log: verify records acknowledged writes here
+
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
 }
@@ -62,6 +65,8 @@ func cmdPerf(e *env, args []string) error {
 		return err
 	})
 	fs.BoolVar(&c.noShadow, "no-shadow", false, "write every doorbell to MMIO even if the controller offers shadow doorbells")
+	fs.BoolVar(&c.verify, "verify", false, "write blocks carrying their LBA, a sequence number and a checksum and check every read (--mix: reads %); fails on any mismatch")
+	fs.StringVar(&c.ackLog, "ack-log", "", "with --verify, append each acknowledged write (\"lba blocks seq\") to `FILE`")
 	fs.BoolVar(&c.force, "force", false, "allow a write workload on a controller that is not sim or the demo's")
 	pos, err := parse(e, "perf", fs, args)
 	if err != nil {
@@ -78,6 +83,9 @@ func cmdPerf(e *env, args []string) error {
 	}
 	if c.ioSize, err = parseSize(*size); err != nil {
 		return usagef("-o: %v", err)
+	}
+	if c.verify && c.workload == "" {
+		c.workload = "randrw" // verify chooses reads and writes itself
 	}
 	switch c.workload {
 	case "randread", "randwrite", "read", "write", "randrw":
@@ -168,6 +176,9 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	}
 	if c.writes() && !c.force && !d.sim && !strings.HasPrefix(d.ctrl.Identify().SN, demoSerialPrefix) {
 		return usagef("-w %s overwrites data on %s (serial %q); add --force if that is what you want", c.workload, d.name, d.ctrl.Identify().SN)
+	}
+	if c.verify {
+		return runVerify(e, d, ns, c)
 	}
 
 	workers := make([]*perfWorker, c.queues)

@@ -153,8 +153,9 @@ type Controller struct {
 	nsqa, ncqa int // granted I/O queues (Number of Queues), 1-based
 	queuesSet  bool
 	features   map[uint8]uint32
-	shadow     uint64 // Doorbell Buffer Config: shadow doorbell buffer IOVA
-	eventIdx   uint64 // and EventIdx buffer IOVA; 0 when not configured
+	shadow     uint64       // Doorbell Buffer Config: shadow doorbell buffer IOVA
+	eventIdx   uint64       // and EventIdx buffer IOVA; 0 when not configured
+	irqs       []*Interrupt // by MSI-X vector; nil entries signal nothing (irq.go)
 
 	namespaces []*Namespace
 
@@ -573,6 +574,8 @@ type Stats struct {
 	Errors uint64
 	// DMAFaults counts accesses to unmapped IOVAs (see Memory).
 	DMAFaults uint64
+	// Interrupts counts MSI-X signals sent to an attached vector (irq.go).
+	Interrupts uint64
 }
 
 // Stats returns the counters so far.

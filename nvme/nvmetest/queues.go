@@ -297,5 +297,8 @@ func (c *Controller) drainLocked(cq *compQueue) bool {
 	// Keep the rest at the front, reusing the array: no allocation per
 	// command in the steady state.
 	cq.backlog = append(cq.backlog[:0], cq.backlog[n:]...)
+	if n > 0 {
+		c.interruptLocked(cq) // after the entries are visible, as MSI-X
+	}
 	return n > 0
 }
