@@ -38,6 +38,9 @@ type perfConfig struct {
 
 	verify bool   // --verify: the data integrity workload (verify.go)
 	ackLog string // --ack-log: verify records acknowledged writes here
+	mode     nvme.CompletionMode
+	rate     float64       // I/Os per second over all queues; 0: unpaced
+	cpu      time.Duration // measured: process user+system CPU time over the run (pace.go)
 
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
@@ -67,6 +70,7 @@ func cmdPerf(e *env, args []string) error {
 	fs.BoolVar(&c.noShadow, "no-shadow", false, "write every doorbell to MMIO even if the controller offers shadow doorbells")
 	fs.BoolVar(&c.verify, "verify", false, "write blocks carrying their LBA, a sequence number and a checksum and check every read (--mix: reads %); fails on any mismatch")
 	fs.StringVar(&c.ackLog, "ack-log", "", "with --verify, append each acknowledged write (\"lba blocks seq\") to `FILE`")
+	paceFlags(fs, &c)
 	fs.BoolVar(&c.force, "force", false, "allow a write workload on a controller that is not sim or the demo's")
 	pos, err := parse(e, "perf", fs, args)
 	if err != nil {
@@ -105,6 +109,8 @@ func cmdPerf(e *env, args []string) error {
 		return usagef("--mix %d: a percentage of reads, 0-100", c.mix)
 	case c.ioSize <= 0:
 		return usagef("-o %s: the I/O size must be positive", *size)
+	case c.rate < 0:
+		return usagef("--rate %g: give a positive number of I/Os per second", c.rate)
 	}
 	// perf uses only its own queue pairs (the synchronous API makes its pair on first use, and
 	// perf never uses it), so a one-queue controller can still run -j 1.
@@ -200,11 +206,15 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	begin := time.Now()
+	begin, cpu0 := time.Now(), cpuTime()
 	for _, w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if c.rate > 0 {
+				w.runPaced(&stop, time.Duration(float64(c.queues)/c.rate*float64(time.Second)), c.mode)
+				return
+			}
 			w.run(&stop)
 		}()
 	}
@@ -234,6 +244,7 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	stop.Store(true)
 	wg.Wait()
 	elapsed := time.Since(begin)
+	c.cpu = cpuTime() - cpu0
 	if progress {
 		fmt.Fprint(e.stdout, "\r\033[K")
 	}
@@ -254,7 +265,7 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 }
 
 func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, epoch time.Time) (*perfWorker, error) {
-	qp, err := d.ctrl.NewQueuePair(c.depth + 1)
+	qp, err := d.ctrl.NewQueuePairWith(nvme.QueueOptions{Depth: c.depth + 1, Mode: c.mode})
 	if err != nil {
 		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
 	}
@@ -470,6 +481,10 @@ type perfJSON struct {
 	QueueDepth int           `json:"queue_depth"`
 	Queues     int           `json:"queues"`
 	Seconds    float64       `json:"seconds"`
+	Mode       string        `json:"mode"`
+	Rate       float64       `json:"rate,omitempty"`
+	CPUPct     float64       `json:"cpu_pct"`       // user+system over wall time, % of one core
+	CPUPerIO   float64       `json:"cpu_us_per_io"` // CPU µs per completed I/O
 	Jobs       []perfJobJSON `json:"jobs"`
 	Total      perfJobJSON   `json:"total"`
 }
@@ -519,6 +534,10 @@ func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWor
 		dbTotal.add(db, 0)
 	}
 	r.Total = jobJSON(0, &total, reads, writes, errs, elapsed, c.ioSize, c.hist)
+	r.Mode, r.Rate, r.CPUPct = c.mode.String(), c.rate, cpuPct(c.cpu, elapsed)
+	if total.n > 0 {
+		r.CPUPerIO = us(float64(c.cpu) / float64(total.n))
+	}
 	dbTotal.ratios(total.n)
 	r.Total.Doorbells = &dbTotal
 	return r
@@ -542,6 +561,7 @@ func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, work
 	}
 	row("total", r.Total)
 	fmt.Fprintf(out, "(latency in microseconds; %d I/Os, %d reads, %d writes, %d errors)\n\n", r.Total.IOs, r.Total.Reads, r.Total.Writes, r.Total.Errors)
+	printPace(out, r, workers)
 	fmt.Fprintf(out, "doorbells: ")
 	for i, j := range r.Jobs {
 		if i > 0 {
