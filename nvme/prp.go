@@ -53,6 +53,11 @@ func buildPRP(data uint64, n, pageSize int, list dma.Buffer) (prp1, prp2 uint64,
 		return 0, 0, fmt.Errorf("%w: data address %#x is not dword aligned (PRP1 must be)", ErrInvalidArgument, data)
 	}
 	page := uint64(pageSize)
+	// The common case, a transfer inside one page (a 4 KiB read into a
+	// pool buffer): no division, no list.
+	if page&(page-1) == 0 && data&(page-1)+uint64(n) <= page {
+		return data, 0, nil
+	}
 	prp1 = data
 	rest := prpPages(data, n, pageSize) - 1
 	next := data&^(page-1) + page // the second page, if any
