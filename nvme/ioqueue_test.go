@@ -233,7 +233,7 @@ func TestCloseDrains(t *testing.T) {
 // API and checks that it ends in a named error, without a panic, and that
 // the queue keeps working (no slot leaked).
 func TestFaults(t *testing.T) {
-	opts := &Options{IOTimeout: 300 * time.Millisecond}
+	opts := &Options{IOTimeout: 300 * time.Millisecond, AbortTimeout: 300 * time.Millisecond}
 	ctx := context.Background()
 	check := func(t *testing.T, ns *Namespace) {
 		t.Helper()
@@ -348,7 +348,7 @@ func TestFaults(t *testing.T) {
 	t.Run("wrong phase, synchronous", func(t *testing.T) {
 		// The pair's head is stuck on the invisible entry; the
 		// synchronous API retires that pair, so later calls work.
-		c, m := openModel(t, nvmetest.Config{}, &Options{IOTimeout: 300 * time.Millisecond, SyncQueues: 1})
+		c, m := openModel(t, nvmetest.Config{}, &Options{IOTimeout: 300 * time.Millisecond, AbortTimeout: 300 * time.Millisecond, SyncQueues: 1})
 		ns, _ := c.Namespace(1)
 		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), WrongPhase: true, Count: 1})
 		if err := ns.ReadBlocks(ctx, 0, make([]byte, 512)); !errors.Is(err, ErrTimeout) {

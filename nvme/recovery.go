@@ -315,7 +315,7 @@ func nsidOf(r *Request) uint32 {
 	return r.Namespace.id
 }
 
-// checkHealth reads CSTS (every idleCheckEvery empty polls) and acts on
+// checkHealth reads CSTS (from idleCheck, every healthInterval) and acts on
 // it: all ones fails the controller (ErrDeviceGone), CFS or RDY clear
 // (the function was reset under us) start a reset. It reports whether the
 // generation changed, so the caller recovers its pair.

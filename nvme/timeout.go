@@ -116,6 +116,24 @@ func (q *QueuePair) resolveOrReset(r *Request) {
 	q.ring.Poll(0, iopoll.Batch) // recover the pair: r is delivered (failed)
 }
 
+// healthInterval is how often an idle pair reads CSTS while polling.
+const healthInterval = int64(10 * time.Millisecond)
+
+// idleCheck is Reap's periodic work when it finds nothing: refresh the
+// clock, read CSTS every healthInterval, and scan for timeouts. It reports
+// whether the generation changed (the caller recovers its pair).
+func (q *QueuePair) idleCheck() bool {
+	now := q.c.now()
+	q.tick = now
+	if now-q.lastHealth >= healthInterval {
+		q.lastHealth = now
+		if q.checkHealth() {
+			return true
+		}
+	}
+	return q.pair.Outstanding() > 0 && q.clockAndScan()
+}
+
 // setFeaturesCmd is a Set Features command (not saved) for use under
 // adminMu.
 func setFeaturesCmd(fid FeatureID, cdw11 uint32) queue.Command {
