@@ -314,9 +314,10 @@ func TestReliabilityOpenCloseRounds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: Open: %v", i, err)
 		}
+		defer c.Close() // on a failure too: later tests need the group
 		ns, err := c.Namespace(1)
 		if err == nil {
-			err = ns.ReadBlocks(context.Background(), uint64(i%64), make([]byte, ns.BlockSize()))
+			err = ns.ReadBlocks(context.Background(), uint64(i+1)%64, make([]byte, ns.BlockSize()))
 		}
 		if err != nil {
 			t.Fatalf("round %d: read: %v", i, err)

@@ -27,6 +27,9 @@ guest_topology=(
 	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf512,nsid=1,logical_block_size=512,physical_block_size=512
 	--qemu-arg -device --qemu-arg nvme-ns,bus=lbaf,drive=lbaf4k,nsid=2,logical_block_size=4096,physical_block_size=4096
 	--nvme-kernel kernel0
+	# blkdebug: EIO on reads at sector 2048 and writes at 4096 (hwtest TestReliabilityMediaErrors)
+	--qemu-arg -blockdev --qemu-arg '{"driver":"raw","node-name":"bdbg","file":{"driver":"blkdebug","inject-error":[{"event":"read_aio","errno":5,"sector":2048},{"event":"write_aio","errno":5,"sector":4096}],"image":{"driver":"null-co","size":67108864,"read-zeroes":true}}}'
+	--qemu-arg -device --qemu-arg nvme,serial=blkdebug,drive=bdbg
 )
 
 # build_nvmectl DIR builds a static nvmectl (the guest has no libc) into DIR/nvmectl.
