@@ -122,8 +122,12 @@ func printPace(out io.Writer, r perfJSON, workers []*perfWorker) {
 		if st.Blocks == 0 && st.Mode.String() == "poll" {
 			continue
 		}
-		fmt.Fprintf(out, "  queue %d waits: %d blocking (%d woken by an interrupt, %d timed out), poll window %v (max %v, %d grows, %d shrinks), %d interrupts\n",
-			w.qp.ID(), st.Blocks, st.Wakeups, st.Timeouts, st.Window, st.WindowMax, st.Grows, st.Shrinks, w.qp.Interrupts())
+		window := ""
+		if st.Mode.String() == "adaptive" {
+			window = fmt.Sprintf(", poll window %v (max %v, %d grows, %d shrinks)", st.Window, st.WindowMax, st.Grows, st.Shrinks)
+		}
+		fmt.Fprintf(out, "  queue %d waits: %d blocking (%d woken by an interrupt, %d timed out)%s, %d interrupts\n",
+			w.qp.ID(), st.Blocks, st.Wakeups, st.Timeouts, window, w.qp.Interrupts())
 	}
 	fmt.Fprintln(out)
 }
