@@ -302,10 +302,11 @@ func TestReliabilitySIGKILLMidWrite(t *testing.T) {
 
 // Open and Close the whole controller many times: file descriptors,
 // mappings and locked memory return to where they started, and no
-// goroutine is left. NVMEPOLL_OPENCLOSE_ROUNDS overrides the 1000 rounds.
+// goroutine is left. CI does 100 rounds: one takes ~0.35 s under TCG
+// (docs/RELIABILITY.md); NVMEPOLL_OPENCLOSE_ROUNDS=1000 is the full check.
 func TestReliabilityOpenCloseRounds(t *testing.T) {
 	addr := testDevice(t)
-	rounds := 1000
+	rounds := 100
 	if s := os.Getenv("NVMEPOLL_OPENCLOSE_ROUNDS"); s != "" {
 		rounds, _ = strconv.Atoi(s)
 	}
