@@ -38,9 +38,9 @@ type perfConfig struct {
 
 	verify bool   // --verify: the data integrity workload (verify.go)
 	ackLog string // --ack-log: verify records acknowledged writes here
-	mode     nvme.CompletionMode
-	rate     float64       // I/Os per second over all queues; 0: unpaced
-	cpu      time.Duration // measured: process user+system CPU time over the run (pace.go)
+	mode   nvme.CompletionMode
+	rate   float64       // I/Os per second over all queues; 0: unpaced
+	cpu    time.Duration // measured: process user+system CPU time over the run (pace.go)
 
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
