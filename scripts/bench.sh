@@ -16,7 +16,8 @@
 #
 # Usage: bash scripts/bench.sh [--out FILE]
 #   --out FILE   also keep the raw guest output in FILE
-# Environment: BENCH_SECONDS (per run, default 4), BENCH_REPS (default 3).
+# Environment: BENCH_SECONDS (per run, default 4), BENCH_REPS (default 3), BENCH_CPUS (guest vCPUs,
+# default 2).
 # Needs fio on the host (it is copied into the guest with its libraries): apt-get install fio.
 set -euo pipefail
 
@@ -45,7 +46,7 @@ while read -r lib; do
 done < <(ldd "$fio_bin" | awk '/=> \//{ print $3 } /^\t\//{ print $1 }' | sort -u)
 
 echo "bench.sh: host load before the run: $(uptime)"
-bash scripts/guest.sh --kernel-nvme --cpus 2 --mem 2048 --timeout 3600 \
+bash scripts/guest.sh --kernel-nvme --cpus "${BENCH_CPUS:-2}" --mem 2048 --timeout 3600 \
 	--append nvme.poll_queues=1 \
 	--qemu-arg -blockdev --qemu-arg driver=null-co,node-name=nvm,size=4294967296 \
 	--qemu-arg -device --qemu-arg nvme,serial=nvmepoll-bench,drive=nvm \
