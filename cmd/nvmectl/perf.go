@@ -41,6 +41,7 @@ type perfConfig struct {
 	mode   nvme.CompletionMode
 	rate   float64       // I/Os per second over all queues; 0: unpaced
 	cpu    time.Duration // measured: process user+system CPU time over the run (pace.go)
+	window time.Duration // --window-max: adaptive poll window cap (0: the library's)
 
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
@@ -224,6 +225,9 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	deadline := time.After(time.Duration(c.seconds * float64(time.Second)))
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	if !progress {
+		tick.Stop() // no wake-up a second: it shows in an idle run's CPU figure
+	}
 	var last uint64
 	for waiting := true; waiting; {
 		select {
@@ -265,7 +269,7 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 }
 
 func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, epoch time.Time) (*perfWorker, error) {
-	qp, err := d.ctrl.NewQueuePairWith(nvme.QueueOptions{Depth: c.depth + 1, Mode: c.mode})
+	qp, err := d.ctrl.NewQueuePairWith(nvme.QueueOptions{Depth: c.depth + 1, Mode: c.mode, WindowMax: c.window})
 	if err != nil {
 		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
 	}
