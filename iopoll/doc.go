@@ -1,6 +1,14 @@
 // Package iopoll is the completion side of a polled I/O queue: it tracks
 // requests in flight, polls the device for finished ones, and delivers them
-// in small batches, with one poller at a time and no interrupts.
+// in small batches, with one poller at a time.
+//
+// Between two device polls that found too little, Poll runs one wait step
+// whose behaviour is the Ring's Mode (wait.go, NewWithWait): ModePoll spins
+// (the patch's behaviour, no interrupts), ModeInterrupt sleeps on an
+// Interrupt (an MSI-X eventfd) after arming it and polling once more, and
+// ModeAdaptive spins for an adaptive window first, as QEMU's aio-posix
+// does (shared/seeds/004: poll_ns grows x2 while waits end just after it,
+// shrinks past poll-max-ns). WaitStats shows the window and counters.
 //
 // The design is the reap loop of the Linux aio IOPOLL patch ("aio: support
 // for IO polling", Jens Axboe, 2018; shared/seeds/000 and 001), in Go and

@@ -1,7 +1,11 @@
 // Package nvme drives an NVMe controller from user space: it brings the
 // controller up, sends admin commands, creates I/O queue pairs and does
-// block I/O on namespaces, all by polling, with no interrupts and no system
-// calls on the I/O path.
+// block I/O on namespaces, by polling, with no system calls on the I/O path
+// while completions come fast. Each queue pair has a CompletionMode
+// (QueueOptions, irq.go): ModePoll always spins; ModeInterrupt and
+// ModeAdaptive (the default when the Device can deliver MSI-X interrupts)
+// sleep on the CQ's interrupt vector when completions are slow, so an idle
+// process does not burn a core.
 //
 // # Layering
 //
