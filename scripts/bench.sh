@@ -17,7 +17,7 @@
 # Usage: bash scripts/bench.sh [--out FILE]
 #   --out FILE   also keep the raw guest output in FILE
 # Environment: BENCH_SECONDS (per run, default 4), BENCH_REPS (default 3), BENCH_CPUS (guest vCPUs,
-# default 2).
+# default 2), BENCH_GOMAXPROCS (GOMAXPROCS for nvmectl in the guest; default: the Go runtime's).
 # Needs fio on the host (it is copied into the guest with its libraries): apt-get install fio.
 set -euo pipefail
 
@@ -51,6 +51,7 @@ bash scripts/guest.sh --kernel-nvme --cpus "${BENCH_CPUS:-2}" --mem 2048 --timeo
 	--qemu-arg -blockdev --qemu-arg driver=null-co,node-name=nvm,size=4294967296 \
 	--qemu-arg -device --qemu-arg nvme,serial=nvmepoll-bench,drive=nvm \
 	--env "BENCH_SECONDS=${BENCH_SECONDS:-4}" --env "BENCH_REPS=${BENCH_REPS:-3}" \
+	${BENCH_GOMAXPROCS:+--env "GOMAXPROCS=$BENCH_GOMAXPROCS"} \
 	"${files[@]}" -- bench-guest.sh | tee "$tmp/raw.txt"
 echo "bench.sh: host load after the run: $(uptime)"
 [[ -z $out ]] || cp "$tmp/raw.txt" "$out"
