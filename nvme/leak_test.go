@@ -1,9 +1,12 @@
 package nvme
 
 import (
+	"context"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
 )
 
 // checkGoroutines records the number of goroutines now and, when the test
@@ -47,5 +50,58 @@ func checkSlots(t *testing.T, qp *QueuePair) {
 		if r != nil {
 			t.Errorf("queue %d: cid %d still maps to a request (%v lba %d)", qp.id, cid, r.Opcode, r.LBA)
 		}
+	}
+}
+
+// Close gives back every DMA buffer and goroutine, after clean use, after a
+// reset, and when the device has gone away, 50 rounds each.
+func TestCloseReleasesEverything(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before func(*Controller, *nvmetest.Controller)
+	}{
+		{"clean", func(*Controller, *nvmetest.Controller) {}},
+		{"after a reset", func(c *Controller, _ *nvmetest.Controller) {
+			if err := c.Reset(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"device gone", func(_ *Controller, m *nvmetest.Controller) { m.SetGone(true) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkGoroutines(t)
+			for i := range 50 {
+				m, err := nvmetest.New(nvmetest.Config{ShadowDoorbells: i%2 == 0})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mem := m.DMA().(*nvmetest.Memory)
+				c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ns, err := c.Namespace(1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := ns.WriteBlocks(context.Background(), 0, make([]byte, 4096)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.NewQueuePair(16); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.NewPool(4, 8192); err != nil {
+					t.Fatal(err)
+				}
+				if mem.Mapped() < 5 {
+					t.Fatalf("only %d DMA buffers mapped while open: the check would see nothing", mem.Mapped())
+				}
+				tc.before(c, m)
+				c.Close() // errors are expected when the device is gone
+				if n := mem.Mapped(); n != 0 {
+					t.Fatalf("round %d: %d DMA buffers still mapped after Close", i, n)
+				}
+			}
+		})
 	}
 }
