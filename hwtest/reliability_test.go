@@ -417,3 +417,14 @@ func TestReliabilityNonRoot(t *testing.T) {
 		t.Errorf("after chown and ulimit -l: want Identify output, got %v:\n%s", err, out)
 	}
 }
+
+// nvmectl perf --verify on four queue pairs at once: every block read
+// carries the LBA and the sequence number of its last acknowledged write.
+func TestReliabilityVerify(t *testing.T) {
+	addr := testDevice(t)
+	out := mustNvmectl(t, nil, "perf", addr, "--verify", "--force", "-q", "16", "-o", "4k", "-j", "4", "-t", "5", "--size", "32M")
+	t.Logf("%s", out)
+	if !strings.Contains(out, " 0 mismatches, 0 I/O errors") || strings.Contains(out, " 0 blocks checked") {
+		t.Errorf("verify did not run clean:\n%s", out)
+	}
+}
