@@ -14,7 +14,7 @@ import (
 // stores every new SQ tail and CQ head, and the EventIdx buffer, where the
 // controller writes the value after which it wants an MMIO doorbell again.
 // Slot i is at the same offset as doorbell register i (2*qid+isCQ, times
-// the doorbell stride). Emulated controllers advertise it (QEMU since 7.1)
+// the doorbell stride). Emulated controllers advertise it (QEMU 7.2 does)
 // because every MMIO write is a trap into the hypervisor; with it a busy
 // controller is told about new commands through memory.
 //
