@@ -81,6 +81,9 @@ const (
 	// a lost interrupt (a misconfigured IOMMU, a device bug) costs a
 	// stall, never a hang. It is counted in WaitStats.Timeouts.
 	blockSlice = 100 * time.Millisecond
+	// clockEvery is how many spins pass between two clock reads in the
+	// adaptive window (a spin is a few loads: tens of ns natively).
+	clockEvery = 16
 )
 
 // WaitOptions configures how a Ring waits (see NewWithWait).
@@ -170,11 +173,17 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 	if w.began.IsZero() {
 		w.began = time.Now()
 	}
-	if w.mode == ModeAdaptive && !w.armed && time.Since(w.began) < time.Duration(w.window.Load()) {
-		if spins%yieldEvery == yieldEvery-1 {
-			runtime.Gosched()
+	if w.mode == ModeAdaptive && !w.armed {
+		// Spin while inside the window. The clock is read every
+		// clockEvery spins only: in a guest without a usable TSC each
+		// read is an HPET access that traps to the hypervisor.
+		win := time.Duration(w.window.Load())
+		if win > 0 && (spins%clockEvery != 0 || time.Since(w.began) < win) {
+			if spins%yieldEvery == yieldEvery-1 {
+				runtime.Gosched()
+			}
+			return nil
 		}
-		return nil
 	}
 	if !w.armed {
 		// Arm: forget old notifications, then let the loop poll the
