@@ -460,6 +460,20 @@ if [[ $qemu_rc == 0 && ! -s $tmp/payload.log ]] && ! grep -q 'nvmepoll-init: run
 	grep -aE 'Kernel panic|not syncing' "$tmp/console.log" | tr -d '\r' >&2 || true
 	cp "$tmp/console.log" "$tmp/console.first.log"
 	boot
+elif [[ $qemu_rc == 139 || $qemu_rc == 134 ]]; then
+	# QEMU 7.2 itself crashed (seen once in ~20 hwtest runs, SIGSEGV during vfio open/close
+	# cycles, not reproducible). That is QEMU's failure, not the command's: run the whole
+	# command once more on fresh disks. A crash the guest's command triggers every time still fails.
+	say "QEMU crashed (exit status $qemu_rc: killed by signal $((qemu_rc - 128))) while the command ran;"
+	say "this is a QEMU bug, not a test verdict: running the command once more from a fresh boot and fresh disks"
+	echo "==== guest.sh: QEMU crashed; the command's output below is from a second, fresh run ===="
+	cp "$tmp/console.log" "$tmp/console.first.log"
+	for f in "$tmp"/*.img; do
+		[[ -f $f ]] || continue
+		size=$(stat -c %s "$f")
+		truncate -s 0 "$f" && truncate -s "$size" "$f"
+	done
+	boot
 fi
 flock -u 9
 elapsed=$((SECONDS - start))

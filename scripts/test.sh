@@ -75,10 +75,13 @@ run_hwtest() {
 		--file "$tmp/hwtest.test" --file "$tmp/nvmectl" -- \
 		hwtest.test -test.v -test.count=1 -test.timeout=25m "${hwflags[@]+"${hwflags[@]}"}" 2>&1 | tee "$tmp/hwtest.out"
 	rc=${PIPESTATUS[0]}
+	# Count the last run only: guest.sh reruns the command once if QEMU itself crashed.
+	awk '/^==== guest.sh: QEMU crashed/ { n = 0; delete l } { l[n++] = $0 } END { for (i = 0; i < n; i++) print l[i] }' \
+		"$tmp/hwtest.out" >"$tmp/hwtest.last"
 	local pass fail skip
-	pass=$(grep -cE '^ *--- PASS' "$tmp/hwtest.out")
-	fail=$(grep -cE '^ *--- FAIL' "$tmp/hwtest.out")
-	skip=$(grep -cE '^ *--- SKIP' "$tmp/hwtest.out")
+	pass=$(grep -cE '^ *--- PASS' "$tmp/hwtest.last")
+	fail=$(grep -cE '^ *--- FAIL' "$tmp/hwtest.last")
+	skip=$(grep -cE '^ *--- SKIP' "$tmp/hwtest.last")
 	echo "hwtest in the guest: $pass passed, $fail failed, $skip skipped (tests and subtests)"
 	if [[ $rc != 0 ]]; then
 		echo "hwtest: the guest run failed with status $rc"
