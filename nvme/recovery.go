@@ -121,7 +121,13 @@ func (c *Controller) reset(ctx context.Context, why string, explicit bool) error
 		return fmt.Errorf("nvme: reset (%s): controller %w", why, ErrClosed)
 	}
 	c.rec.counts.resets.Add(1)
-	if err := c.restart(ctx); err != nil {
+	err := c.restart(ctx)
+	if err != nil && !errors.Is(err, ErrDeviceGone) && ctx.Err() == nil {
+		// Once more: a function reset behind our back may still have been
+		// settling (config space restored by the kernel after the FLR).
+		err = c.restart(ctx)
+	}
+	if err != nil {
 		c.rec.counts.resetFailures.Add(1)
 		err = fmt.Errorf("nvme: controller reset (%s) failed: %w", why, err)
 		c.fail(err)
@@ -224,33 +230,33 @@ func (q *QueuePair) resetShadowDoorbells() error {
 // so Reap can count them.
 func (q *QueuePair) recover() int {
 	c := q.c
-	gen := c.rec.gen.Load()
-	q.gen = gen
 	if q.closing.Load() && q.dead.Load() {
+		q.gen = c.rec.gen.Load()
 		return 0 // Reap's failAll handles a deleted pair
 	}
-	if err := c.failedErr(); err != nil {
-		q.broken = err
-		n := q.failAllWith(err)
-		q.pair.Reset() // nothing will be posted again: give the slots back
-		return n
-	}
-	q.pair.Reset()
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
-	defer cancel()
-	depth := q.pair.Depth()
-	err := q.resetShadowDoorbells()
-	if err == nil {
-		err = c.createIOCQ(ctx, q.id, depth, q.cq.IOVA)
-	}
-	if err == nil {
-		err = c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
-	}
-	if err != nil {
+	// Another reset may land while this pair re-creates its queues (a
+	// second pair saw the same fault, or the function reset was still
+	// settling): the queue it just made is gone again, so start over.
+	for attempt := 1; ; attempt++ {
+		gen := c.rec.gen.Load()
+		q.gen = gen
+		if err := c.failedErr(); err != nil {
+			q.broken = err
+			n := q.failAllWith(err)
+			q.pair.Reset() // nothing will be posted again: give the slots back
+			return n
+		}
+		err := q.recreate()
+		if err == nil {
+			q.broken = nil
+			break
+		}
+		if c.rec.gen.Load() != gen && attempt < MaxResubmits {
+			continue
+		}
 		q.broken = fmt.Errorf("nvme: re-creating queue pair %d after a controller reset: %w", q.id, err)
 		return q.failAllWith(q.broken)
 	}
-	q.broken = nil
 
 	// Take the outstanding requests out of the old slots, then re-post
 	// or fail each one.
@@ -290,6 +296,23 @@ func (q *QueuePair) recover() int {
 	q.recovering = old
 	q.pair.UpdateTail()
 	return failed
+}
+
+// recreate resets the pair's ring and shadow doorbells and creates its CQ
+// and SQ again on the controller, same qid, same memory.
+func (q *QueuePair) recreate() error {
+	c := q.c
+	q.pair.Reset()
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
+	defer cancel()
+	depth := q.pair.Depth()
+	if err := q.resetShadowDoorbells(); err != nil {
+		return err
+	}
+	if err := c.createIOCQ(ctx, q.id, depth, q.cq.IOVA); err != nil {
+		return err
+	}
+	return c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
 }
 
 // failAllWith completes every outstanding request with err: the controller
