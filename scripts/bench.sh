@@ -30,6 +30,8 @@ fi
 fio_bin=$(command -v fio || true)
 if [[ -z $fio_bin ]]; then
 	[[ $(id -u) == 0 ]] || { echo "bench.sh: fio is missing: sudo apt-get install fio" >&2; exit 2; }
+	# A fresh machine has no package lists yet: update first, as guest.sh does for QEMU.
+	DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fio </dev/null >&2
 	fio_bin=$(command -v fio)
 fi
