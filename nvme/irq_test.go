@@ -189,3 +189,47 @@ func TestParseCompletionMode(t *testing.T) {
 		t.Errorf(`ParseCompletionMode("busy") = %v, want ErrInvalidArgument`, err)
 	}
 }
+
+// A controller reset re-creates every queue pair's CQ; one made to interrupt
+// must interrupt again, or a blocking pair sleeps through its completions
+// until each wait times out.
+func TestResetKeepsInterrupts(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{}, nil)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePairWith(QueueOptions{Depth: 8, Mode: ModeInterrupt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qp.Close()
+	if err := c.Reset(context.Background()); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	pool, err := c.NewPool(1, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	buf, err := pool.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	req := Request{Opcode: NVMRead, Namespace: ns, LBA: 0, Buf: buf, Done: func(*Request) { done = true }}
+	// Recovery is lazy: the pair re-creates its queues on its next Submit.
+	if err := qp.Submit(&req); err != nil {
+		t.Fatal(err)
+	}
+	info, ok := m.CompletionQueue(qp.ID())
+	if !ok || !info.IRQ || int(info.IRQVec) != int(qp.ID()) {
+		t.Fatalf("CQ %d after Reset: %+v, want interrupts on vector %d", qp.ID(), info, qp.ID())
+	}
+	if _, err := qp.Poll(1, 1); err != nil || !done || req.Err != nil {
+		t.Fatalf("read after Reset: Poll err %v, done %v, request err %v", err, done, req.Err)
+	}
+	if st := qp.WaitStats(); st.Timeouts != 0 {
+		t.Errorf("WaitStats after Reset: %+v: a wait ran out, so the re-created CQ did not interrupt", st)
+	}
+}

@@ -309,7 +309,7 @@ func (q *QueuePair) recreate() error {
 	if err := q.resetShadowDoorbells(); err != nil {
 		return err
 	}
-	if err := c.createIOCQ(ctx, q.id, depth, q.cq.IOVA); err != nil {
+	if err := q.createCQ(ctx); err != nil {
 		return err
 	}
 	return c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
