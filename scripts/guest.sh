@@ -43,6 +43,8 @@
 #   --cpus N                     guest CPUs (default 2).
 #   --timeout SECONDS            bound on the whole guest run, boot included (default 900, or
 #                                $NVMEPOLL_GUEST_TIMEOUT). The guest is killed when it is exceeded.
+#                                A boot that has not reached /init within $NVMEPOLL_BOOT_TIMEOUT s
+#                                (default 180) counts as hung, is killed and is booted once more.
 #   --verbose                    print the guest console (kernel log, set-up) even on success.
 #   --keep                       keep the temporary directory (console.log, initrd, disks) and say where.
 #
@@ -428,6 +430,9 @@ if ! flock -n 9; then
 	flock -w "$timeout_s" 9 || die "waited $timeout_s s for /tmp/nvmepoll-guest.lock"
 fi
 
+# How long a boot may take to reach /init before it counts as hung (NVMEPOLL_BOOT_TIMEOUT).
+boot_limit=${NVMEPOLL_BOOT_TIMEOUT:-180}
+
 # boot runs the guest once, streaming the command's output; sets qemu_rc.
 boot() {
 	: >"$tmp/payload.log"
@@ -441,6 +446,20 @@ boot() {
 		-serial "file:$tmp/console.log" -serial "file:$tmp/payload.log" \
 		"${qemu_dev[@]}" </dev/null >"$tmp/qemu.out" 2>&1 9>&- &
 	qemu_pid=$!
+	# A TCG guest can also hang early in boot (seen once: console silent at 2 s for 13 minutes on
+	# an idle host). /init normally runs within seconds, so a boot that has not reached it by
+	# $boot_limit s is killed and, like a boot panic, retried once below.
+	rm -f "$tmp/boot-hung"
+	(
+		for ((i = 0; i < boot_limit; i++)); do
+			sleep 1
+			kill -0 "$qemu_pid" 2>/dev/null || exit 0
+			grep -q 'nvmepoll-init: running' "$tmp/console.log" && exit 0
+		done
+		echo "no /init after $boot_limit s" >"$tmp/boot-hung"
+		kill "$qemu_pid" 2>/dev/null
+	) 9>&- &
+	local watchdog=$!
 	# Drop serial CRs and the exit marker. The marker may follow output that did not end in a
 	# newline, so it is matched anywhere on a line.
 	tail -n +1 -F --pid="$qemu_pid" "$tmp/payload.log" 2>/dev/null |
@@ -448,6 +467,8 @@ boot() {
 	qemu_rc=0
 	wait "$qemu_pid" || qemu_rc=$?
 	qemu_pid=""
+	kill "$watchdog" 2>/dev/null || true
+	wait "$watchdog" 2>/dev/null || true
 }
 
 start=$SECONDS
@@ -455,7 +476,12 @@ boot
 # A guest that died before /init started the command (a kernel panic while booting: on a loaded
 # host TCG can be slow enough for the kernel's boot-time timer checks to fail) is booted once
 # more; a failure after that point is the command's or the set-up's and is never retried.
-if [[ $qemu_rc == 0 && ! -s $tmp/payload.log ]] && ! grep -q 'nvmepoll-init: running' "$tmp/console.log"; then
+if [[ -f $tmp/boot-hung ]]; then
+	say "the guest hung while booting ($(cat "$tmp/boot-hung")); booting it once more"
+	tail -n 5 "$tmp/console.log" | tr -d '\r' >&2 || true
+	cp "$tmp/console.log" "$tmp/console.first.log"
+	boot
+elif [[ $qemu_rc == 0 && ! -s $tmp/payload.log ]] && ! grep -q 'nvmepoll-init: running' "$tmp/console.log"; then
 	say "the guest died while booting, before the command started; booting it once more"
 	grep -aE 'Kernel panic|not syncing' "$tmp/console.log" | tr -d '\r' >&2 || true
 	cp "$tmp/console.log" "$tmp/console.first.log"
@@ -480,7 +506,10 @@ elapsed=$((SECONDS - start))
 
 status=$(tr -d '\r' <"$tmp/payload.log" | grep -ao "$marker [0-9]*\$" | tail -n1 | cut -d' ' -f2 || true)
 why=""
-if [[ $qemu_rc == 124 || $qemu_rc == 137 ]]; then
+if [[ -f $tmp/boot-hung ]]; then
+	why="guest hung while booting, twice ($(cat "$tmp/boot-hung"); NVMEPOLL_BOOT_TIMEOUT raises the bound)"
+	status=125
+elif [[ $qemu_rc == 124 || $qemu_rc == 137 ]]; then
 	why="guest did not finish within $timeout_s s (--timeout); killed"
 	status=124
 elif [[ $qemu_rc != 0 ]]; then
