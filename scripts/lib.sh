@@ -36,3 +36,25 @@ guest_topology=(
 build_nvmectl() {
 	CGO_ENABLED=0 go build -o "$1/nvmectl" ./cmd/nvmectl
 }
+
+# nvme_cli_args appends to the array named by $1 the guest.sh options that ship Debian's nvme-cli
+# into the guest for hwtest/crosscheck_test.go: the binary and every shared library ldd lists
+# (the busybox initramfs has no libc), and NVMEPOLL_NVME_CLI, the command prefix that runs it
+# through the copied loader. Installs nvme-cli with apt-get if it is missing (CI is a fresh machine).
+nvme_cli_args() {
+	local -n out=$1
+	local nvme=/usr/sbin/nvme lib loader=
+	if [[ ! -x $nvme ]]; then
+		echo "installing nvme-cli for the kernel cross-check"
+		DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nvme-cli </dev/null || return 1
+	fi
+	out+=(--file "$nvme:nvme")
+	# ldd prints "name => /path (addr)" for libraries and "/path (addr)" for the loader.
+	for lib in $(ldd "$nvme" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+		out+=(--file "$lib:$(basename "$lib")")
+		[[ $lib == */ld-linux* ]] && loader=$(basename "$lib")
+	done
+	[[ -n $loader ]] || { echo "nvme_cli_args: ldd $nvme names no ld-linux loader" >&2; return 1; }
+	out+=(--env "NVMEPOLL_NVME_CLI=/payload/$loader --library-path /payload /payload/nvme")
+}

@@ -69,10 +69,13 @@ run_hwtest() {
 	CGO_ENABLED=0 go test -c -o "$tmp/hwtest.test" ./hwtest || { echo "building the hwtest binary failed"; return 1; }
 	# hwtest/nvmectl_test.go runs the real binary against the guest's controllers.
 	build_nvmectl "$tmp" || { echo "building nvmectl failed"; return 1; }
+	# hwtest/crosscheck_test.go compares nvmectl's Identify JSON with nvme-cli's on the kernel driver.
+	local nvme_cli=()
+	nvme_cli_args nvme_cli || { echo "shipping nvme-cli into the guest failed"; return 1; }
 	local rc=0
 	bash scripts/guest.sh --timeout "${NVMEPOLL_GUEST_TIMEOUT:-1800}" --mem 2048 \
 		"${guest_topology[@]}" --env NVMEPOLL_REQUIRE_DEVICE=1 \
-		--file "$tmp/hwtest.test" --file "$tmp/nvmectl" -- \
+		--file "$tmp/hwtest.test" --file "$tmp/nvmectl" "${nvme_cli[@]}" -- \
 		hwtest.test -test.v -test.count=1 -test.timeout=25m "${hwflags[@]+"${hwflags[@]}"}" 2>&1 | tee "$tmp/hwtest.out"
 	rc=${PIPESTATUS[0]}
 	# Count the last run only: guest.sh reruns the command once if QEMU itself crashed.
