@@ -190,6 +190,7 @@ func psdJSON(p le, off int) object {
 	var o object
 	flags := p.u8(off + 3)
 	o.add("max_power", p.u16(off))
+	o.add("flags", flags) // nvme-cli 2.3's key; the two below are its bits, as later versions print them
 	o.add("max_power_scale", flags&1)
 	o.add("non-operational_state", flags>>1&1)
 	o.add("entry_lat", p.u32(off+4))

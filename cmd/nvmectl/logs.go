@@ -38,7 +38,7 @@ func cmdSMARTLog(e *env, args []string) error {
 }
 
 // smartJSON follows nvme-cli 2.x's json_smart_log (non-verbose): temperatures in kelvin,
-// 128-bit counters as bare numbers, sensors that read 0 left out. The NVMe 2.1 fields
+// 128-bit counters as decimal strings (as nvme-cli 2.3 prints them), sensors that read 0 left out. The NVMe 2.1 fields
 // op_lifetime_energy_consumed and interval_power_measurement are not printed (reserved in 2.0).
 func smartJSON(raw []byte) object {
 	p := le(raw)
