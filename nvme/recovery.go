@@ -309,10 +309,26 @@ func (q *QueuePair) recreate() error {
 	if err := q.resetShadowDoorbells(); err != nil {
 		return err
 	}
+	err := q.createQueues(ctx, depth)
+	if errors.Is(err, ErrInvalidQueueIdentifier) {
+		// The controller still has a queue with this qid: one an earlier
+		// attempt made before a second reset raced it (seen in the guest
+		// when two pairs noticed one function reset). The qid is this
+		// pair's own, so delete the leftovers and create them once more.
+		c.deleteIOSQ(ctx, q.id) // errors ignored: either may be absent
+		c.deleteIOCQ(ctx, q.id)
+		err = q.createQueues(ctx, depth)
+	}
+	return err
+}
+
+// createQueues creates the pair's CQ (with its interrupt vector, if any)
+// and then its SQ.
+func (q *QueuePair) createQueues(ctx context.Context, depth int) error {
 	if err := q.createCQ(ctx); err != nil {
 		return err
 	}
-	return c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
+	return q.c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id)
 }
 
 // failAllWith completes every outstanding request with err: the controller

@@ -312,3 +312,54 @@ func waitHits(t *testing.T, f *nvmetest.Fault, n int) {
 		}
 	}
 }
+
+// A queue left on the controller with the pair's qid (an earlier
+// re-creation that a second reset raced) must not wedge the pair: it
+// deletes the leftover and re-creates its own queues.
+func TestResetClearsLeftoverQueue(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{}, nil)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePairWith(QueueOptions{Depth: 8, Mode: ModePoll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qp.Close()
+	pool, err := c.NewPool(2, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	stray, err := pool.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Reset(ctx); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	// The leftover: a CQ with the pair's qid the pair did not make.
+	leftover := queue.Command{Opcode: uint8(AdminCreateIOCQ), PRP1: stray.IOVA,
+		CDW10: uint32(8-1)<<16 | uint32(qp.ID()), CDW11: 1}
+	if _, err := c.AdminCommand(ctx, &leftover); err != nil {
+		t.Fatalf("creating the leftover CQ %d: %v", qp.ID(), err)
+	}
+
+	buf, err := pool.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	req := Request{Opcode: NVMRead, Namespace: ns, Buf: buf, Done: func(*Request) { done = true }}
+	if err := qp.Submit(&req); err != nil {
+		t.Fatalf("Submit after Reset with a leftover CQ: %v", err)
+	}
+	if _, err := qp.Poll(1, 1); err != nil || !done || req.Err != nil {
+		t.Fatalf("read after Reset with a leftover CQ: Poll err %v, done %v, request err %v", err, done, req.Err)
+	}
+	if info, ok := m.CompletionQueue(qp.ID()); !ok || info.Base == stray.IOVA {
+		t.Errorf("CQ %d after recovery: %+v: still the leftover at %#x", qp.ID(), info, stray.IOVA)
+	}
+}
