@@ -290,20 +290,29 @@ func streamBlocks(d *device, ns *nvme.Namespace, in io.Reader, size int64, lba u
 	return done, nil
 }
 
+// streamInput feeds the input file (stdin for "" or "-") to fn block-aligned
+// chunks at a time, from the range's start LBA on: the shared half of write
+// and compare. It returns the start LBA and how many blocks fn took.
+func (s *ioSetup) streamInput(e *env, d *device, ns *nvme.Namespace, input string, pad bool, what string,
+	fn func(at uint64, p []byte) error) (lba, n uint64, err error) {
+	lba, err = s.rng.start(ns)
+	if err != nil {
+		return 0, 0, err
+	}
+	in, size, done, err := openInput(e, input)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer done()
+	n, err = streamBlocks(d, ns, in, size, lba, pad, what, fn)
+	return lba, n, err
+}
+
 func cmdWrite(e *env, args []string) error {
 	s := newIOSetup("write", true, false)
 	input, pad := inputFlags(s.fs)
 	return s.run(e, "write", args, func(d *device, ns *nvme.Namespace) error {
-		lba, err := s.rng.start(ns)
-		if err != nil {
-			return err
-		}
-		in, size, done, err := openInput(e, *input)
-		if err != nil {
-			return err
-		}
-		defer done()
-		n, err := streamBlocks(d, ns, in, size, lba, *pad, "write", func(at uint64, p []byte) error {
+		lba, n, err := s.streamInput(e, d, ns, *input, *pad, "write", func(at uint64, p []byte) error {
 			if err := ns.WriteBlocks(context.Background(), at, p); err != nil {
 				return fmt.Errorf("%s: writing lba %d+%d: %w", d.name, at, len(p)/ns.BlockSize(), err)
 			}
@@ -321,16 +330,7 @@ func cmdCompare(e *env, args []string) error {
 	s := newIOSetup("compare", true, false)
 	input, pad := inputFlags(s.fs)
 	return s.run(e, "compare", args, func(d *device, ns *nvme.Namespace) error {
-		lba, err := s.rng.start(ns)
-		if err != nil {
-			return err
-		}
-		in, size, done, err := openInput(e, *input)
-		if err != nil {
-			return err
-		}
-		defer done()
-		n, err := streamBlocks(d, ns, in, size, lba, *pad, "compare", func(at uint64, p []byte) error {
+		lba, n, err := s.streamInput(e, d, ns, *input, *pad, "compare", func(at uint64, p []byte) error {
 			err := ns.Compare(context.Background(), at, p)
 			if errors.Is(err, nvme.ErrCompareFailure) {
 				return fmt.Errorf("%s namespace %d: the data differs from the input in lba %d+%d", d.name, ns.ID(), at, len(p)/ns.BlockSize())
