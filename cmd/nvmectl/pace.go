@@ -98,16 +98,7 @@ func (w *perfWorker) runPaced(stop *atomic.Bool, interval time.Duration, mode nv
 			break
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for w.qp.Inflight() > 0 {
-		if _, err := w.qp.PollContext(ctx, w.qp.Inflight(), len(w.reqs)); err != nil {
-			if w.firstErr == nil {
-				w.firstErr = fmt.Errorf("draining: %w", err)
-			}
-			return
-		}
-	}
+	w.drain()
 }
 
 // printPace prints the completion mode, the CPU it cost and how each queue

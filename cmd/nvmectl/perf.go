@@ -385,6 +385,13 @@ func (w *perfWorker) run(stop *atomic.Bool) {
 			break
 		}
 	}
+	w.drain()
+}
+
+// drain polls until every request the worker issued has completed, so its
+// requests and buffers can be reused or freed; 30 s is far past any I/O
+// timeout, so hitting it is an error.
+func (w *perfWorker) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for w.qp.Inflight() > 0 {
