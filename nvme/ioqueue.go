@@ -38,10 +38,11 @@ type QueuePair struct {
 	// array indexed by cid: the hot path never hashes or allocates.
 	inflight []*Request
 
-	idlePolls int // device polls without a completion, for the CSTS check
-	abandoned int // requests in flight whose synchronous caller gave up
-	badCQEs   uint64
-	lastBad   error
+	idlePolls  int    // device polls without a completion, for the CSTS check
+	blocksSeen uint64 // ring.Blocks() at the last idle check
+	abandoned  int    // requests in flight whose synchronous caller gave up
+	badCQEs    uint64
+	lastBad    error
 
 	// Recovery and timeouts (recovery.go, timeout.go); owner goroutine only.
 	gen        uint64     // controller generation the queues were created in
@@ -408,10 +409,12 @@ func (q *QueuePair) PollContext(ctx context.Context, min, max int) (int, error) 
 
 // idleCheckEvery is how many empty device polls pass between two looks
 // at the clock, which decide the CSTS check and the timeout scan
-// (timeout.go). Every one: a Ring that sleeps between polls (interrupt
-// modes, up to 100 ms a wait) must check as often as one that spins, and
-// a clock read (~20 ns) on a poll that found nothing delays nothing.
-const idleCheckEvery = 1
+// (timeout.go). Not every one: in a guest whose kernel distrusts the TSC
+// (QEMU with two vCPUs falls back to HPET) a clock read is a system call
+// and a trap to the hypervisor, microseconds a spin, and a poll that finds
+// the completion a spin late delays the I/O. A Ring that slept since the
+// last look (interrupt modes, up to 100 ms a wait) is checked at once.
+const idleCheckEvery = 256
 
 // Reap implements iopoll.Completer: it takes every completion the
 // controller posted (up to max), matches it to its request by cid, and
@@ -445,11 +448,14 @@ func (q *QueuePair) Reap(max int) (int, error) {
 		n += q.recover()
 	}
 	if n > 0 {
-		q.idlePolls = 0
 		return n, nil
 	}
-	if q.idlePolls++; q.idlePolls%idleCheckEvery == 0 && q.idleCheck() {
-		n += q.recover()
+	q.idlePolls++
+	if b := q.ring.Blocks(); q.idlePolls%idleCheckEvery == 0 || b != q.blocksSeen {
+		q.blocksSeen = b
+		if q.idleCheck() {
+			n += q.recover()
+		}
 	}
 	return n, nil
 }

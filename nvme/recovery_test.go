@@ -363,3 +363,19 @@ func TestResetClearsLeftoverQueue(t *testing.T) {
 		t.Errorf("CQ %d after recovery: %+v: still the leftover at %#x", qp.ID(), info, stray.IOVA)
 	}
 }
+
+// TestStaleClockNoSpuriousTimeout: a pair left idle (and unpolled) for an
+// hour has a coarse clock an hour old. Requests posted on it must be timed
+// from when the driver next reads the clock, not from that stale tick, or
+// every one would be aborted as an hour overdue.
+func TestStaleClockNoSpuriousTimeout(t *testing.T) {
+	fr := newFaultRun(t, &Options{IOTimeout: 300 * time.Millisecond})
+	fr.qp.tick = fr.c.now() - int64(time.Hour) // as after an hour without a Poll
+	// Slow enough that a timeout scan runs while they are outstanding.
+	fr.m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Delay: 150 * time.Millisecond, Count: faultReads})
+	fr.run(t, nil)
+	fr.ok(t)
+	if n := fr.c.Counters(); n.Timeouts != 0 || n.Aborts != 0 {
+		t.Errorf("requests that took 150 ms (IOTimeout 300 ms) after an idle hour: %d timeouts, %d aborts, want none", n.Timeouts, n.Aborts)
+	}
+}

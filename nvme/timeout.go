@@ -24,9 +24,10 @@ import (
 //
 // So the first action comes between IOTimeout and IOTimeout+scanInterval
 // after submission, provided somebody polls the pair: timeouts, like
-// completions, are noticed by Poll. The clock is refreshed on the submit
-// side only when a pair goes from idle to busy, so a stamp is never older
-// than the last Poll or idle->busy submit.
+// completions, are noticed by Poll. The submit side never reads the clock:
+// a pair that was idle may not have been polled for hours, so a request
+// posted on it is stamped stampUnknown and gets its time at the next scan.
+// Its first action then comes up to one scanInterval later.
 
 // tickEvery is how many Reap calls pass between two clock reads.
 const tickEvery = 256
@@ -40,10 +41,16 @@ func (c *Controller) scanInterval() int64 {
 // now is the monotonic clock in nanoseconds since the controller opened.
 func (c *Controller) now() int64 { return int64(time.Since(c.opened)) }
 
+// stampUnknown marks a request whose posting time the coarse clock cannot
+// tell: the next scan stamps it.
+const stampUnknown = -1
+
 // stamp marks r as posted now (the coarse clock).
 func (q *QueuePair) stamp(r *Request) {
 	if q.pair.Outstanding() == 0 {
-		q.tick = q.c.now() // idle pair: the clock may be stale
+		// An idle pair's clock may be stale, and so is every stamp taken
+		// from it until Reap next reads the clock.
+		q.tick = stampUnknown
 	}
 	r.stamp = q.tick
 }
@@ -64,6 +71,9 @@ func (q *QueuePair) clockAndScan() bool {
 	for _, r := range q.inflight {
 		if r == nil {
 			continue
+		}
+		if r.stamp == stampUnknown {
+			r.stamp = now
 		}
 		switch {
 		case r.abortAt != 0 && now-r.abortAt > abortWait:
