@@ -130,8 +130,8 @@ type perfWorker struct {
 	pool  *nvme.Pool
 	reqs  []nvme.Request
 	free  []*nvme.Request // completed, to resubmit; preallocated
-	start []int64         // submit time of request i (its Tag), ns since epoch
-	epoch time.Time
+	start []int64         // submit time of request i (its Tag), in ticks
+	clock ioClock
 
 	lbas    []uint64 // random LBAs, cycled; nil for sequential
 	seqNext uint64   // next LBA of a sequential workload
@@ -196,9 +196,9 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 			}
 		}
 	}()
-	epoch := time.Now()
+	clock := calibrateTicks(20 * time.Millisecond)
 	for i := range workers {
-		w, err := newPerfWorker(d, ns, c, i, epoch)
+		w, err := newPerfWorker(d, ns, c, i, clock)
 		if err != nil {
 			return err
 		}
@@ -268,12 +268,12 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	return nil
 }
 
-func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, epoch time.Time) (*perfWorker, error) {
+func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, clock ioClock) (*perfWorker, error) {
 	qp, err := d.ctrl.NewQueuePairWith(nvme.QueueOptions{Depth: c.depth + 1, Mode: c.mode, WindowMax: c.window})
 	if err != nil {
 		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
 	}
-	w := &perfWorker{id: id, qp: qp, epoch: epoch, blocks: uint64(c.ioSize) / uint64(ns.BlockSize())}
+	w := &perfWorker{id: id, qp: qp, clock: clock, blocks: uint64(c.ioSize) / uint64(ns.BlockSize())}
 	w.pool, err = d.ctrl.NewPool(c.depth, int(c.ioSize))
 	if err != nil {
 		w.close()
@@ -342,11 +342,11 @@ func (w *perfWorker) prepare(r *nvme.Request) {
 	if w.next == offsetTable {
 		w.next = 0
 	}
-	w.start[r.Tag] = int64(time.Since(w.epoch))
+	w.start[r.Tag] = ticks()
 }
 
 func (w *perfWorker) complete(r *nvme.Request) {
-	w.hist.record(uint64(int64(time.Since(w.epoch)) - w.start[r.Tag]))
+	w.hist.record(w.clock.ns(ticks() - w.start[r.Tag]))
 	if r.Opcode == nvme.NVMWrite {
 		w.writesN++
 	} else {

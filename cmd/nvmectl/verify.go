@@ -134,7 +134,7 @@ func runVerify(e *env, d *device, ns *nvme.Namespace, c *perfConfig) error {
 		defer f.Close()
 		log = &ackLog{f: f}
 	}
-	epoch := time.Now()
+	clock := calibrateTicks(20 * time.Millisecond)
 	units := c.span / (uint64(c.ioSize) / uint64(ns.BlockSize()))
 	if units < uint64(c.queues*c.depth) {
 		return usagef("--verify: the region holds %d I/Os of %d bytes, fewer than -j %d x -q %d in flight at once", units, c.ioSize, c.queues, c.depth)
@@ -149,7 +149,7 @@ func runVerify(e *env, d *device, ns *nvme.Namespace, c *perfConfig) error {
 	}()
 	per := units / uint64(c.queues)
 	for i := range workers {
-		pw, err := newPerfWorker(d, ns, c, i, epoch)
+		pw, err := newPerfWorker(d, ns, c, i, clock)
 		if err != nil {
 			return err
 		}
