@@ -65,6 +65,17 @@ type Interrupt interface {
 	Wait(timeout time.Duration) (bool, error)
 }
 
+// Masker is an Interrupt whose source can be held off while the Ring
+// polls: MSI-X's per-vector mask bit. A masked source does not signal but
+// remembers that it should have (the pending bit) and signals once when
+// unmasked. In ModeAdaptive the Ring keeps it masked while it spins, so a
+// completion that polling finds anyway costs no interrupt, and unmasks it
+// before it arms: no notification is lost.
+type Masker interface {
+	Mask()
+	Unmask()
+}
+
 // Window bounds of ModeAdaptive.
 const (
 	// DefaultWindowStart is the first poll window, as in QEMU (4 µs).
@@ -132,6 +143,12 @@ func NewWithWait(c Completer, deliver func(batch []*Request), o WaitOptions) (*R
 	}
 	r.w = waiter{mode: o.Mode, irq: o.Interrupt, start: o.WindowStart, max: o.WindowMax}
 	r.w.window.Store(int64(o.WindowStart))
+	if m, ok := o.Interrupt.(Masker); ok && o.Mode == ModeAdaptive {
+		// ModeInterrupt blocks on every wait: masking would only add two
+		// device writes to each.
+		r.w.mask = m
+		m.Mask()
+	}
 	return r, nil
 }
 
@@ -159,6 +176,10 @@ type waiter struct {
 
 	began time.Time // first wait of the current Poll; zero if none yet
 	armed bool      // Clear done, the device polled since: Wait may block
+	// mask, in ModeAdaptive with a Masker, is unmasked only from arming
+	// to the end of the blocking wait (or of the Poll).
+	mask     Masker
+	unmasked bool
 
 	window                    atomic.Int64 // ns
 	blocks, wakeups, timeouts atomic.Uint64
@@ -190,8 +211,13 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 		}
 	}
 	if !w.armed {
-		// Arm: forget old notifications, then let the loop poll the
+		// Arm: let the vector signal again (one held while masked is sent
+		// now), forget old notifications, then let the loop poll the
 		// device once more before blocking.
+		if w.mask != nil && !w.unmasked {
+			w.mask.Unmask()
+			w.unmasked = true
+		}
 		if err := w.irq.Clear(); err != nil {
 			return err
 		}
@@ -210,6 +236,7 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 	}
 	w.blocks.Add(1)
 	got, err := w.irq.Wait(d)
+	w.remask()
 	if err != nil {
 		return err
 	}
@@ -225,6 +252,7 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 // for the device, as aio_poll does with block_ns.
 func (w *waiter) end() {
 	w.armed = false
+	w.remask()
 	if w.began.IsZero() {
 		return
 	}
@@ -234,6 +262,14 @@ func (w *waiter) end() {
 		return
 	}
 	w.adapt(waited)
+}
+
+// remask masks the vector again after arming: the reaper is about to poll.
+func (w *waiter) remask() {
+	if w.unmasked {
+		w.mask.Mask()
+		w.unmasked = false
+	}
 }
 
 // adapt applies seeds/004's rule to one wait that lasted waited.

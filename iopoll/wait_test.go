@@ -13,16 +13,58 @@ import (
 type chanInterrupt struct {
 	ch     chan struct{}
 	raised atomic.Uint64
+
+	// Masking, used only through maskedChan: like MSI-X, a raise while
+	// masked is held (pending) and sent on unmask.
+	mu              sync.Mutex
+	masked, pending bool
+	sent            atomic.Uint64
 }
 
 func newChanInterrupt() *chanInterrupt { return &chanInterrupt{ch: make(chan struct{}, 1)} }
 
 func (c *chanInterrupt) raise() {
 	c.raised.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.masked {
+		c.pending = true
+		return
+	}
+	c.send()
+}
+
+func (c *chanInterrupt) send() {
+	c.sent.Add(1)
 	select {
 	case c.ch <- struct{}{}:
 	default:
 	}
+}
+
+// maskedChan is a chanInterrupt that implements Masker.
+type maskedChan struct{ *chanInterrupt }
+
+func (m maskedChan) Mask() {
+	m.mu.Lock()
+	m.masked = true
+	m.mu.Unlock()
+}
+
+func (m maskedChan) Unmask() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.masked = false
+	if m.pending {
+		m.pending = false
+		m.send()
+	}
+}
+
+func (m maskedChan) isMasked() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.masked
 }
 
 func (c *chanInterrupt) Clear() error {
@@ -88,9 +130,18 @@ func (d *delayDevice) issue(t testing.TB, r *Request, delay time.Duration) {
 }
 
 func newDelayRing(t testing.TB, mode Mode, delivered *int) (*Ring, *delayDevice) {
+	return newDelayRingMask(t, mode, false, delivered)
+}
+
+// newDelayRingMask is newDelayRing whose interrupt is a Masker if masked.
+func newDelayRingMask(t testing.TB, mode Mode, masked bool, delivered *int) (*Ring, *delayDevice) {
 	t.Helper()
 	d := &delayDevice{irq: newChanInterrupt()}
-	r, err := NewWithWait(d, func(b []*Request) { *delivered += len(b) }, WaitOptions{Mode: mode, Interrupt: d.irq})
+	var irq Interrupt = d.irq
+	if masked {
+		irq = maskedChan{d.irq}
+	}
+	r, err := NewWithWait(d, func(b []*Request) { *delivered += len(b) }, WaitOptions{Mode: mode, Interrupt: irq})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,10 +282,17 @@ func TestNoLostWakeup(t *testing.T) {
 	if testing.Short() {
 		iters = 3000
 	}
-	for _, mode := range []Mode{ModeInterrupt, ModeAdaptive} {
-		t.Run(mode.String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		mode   Mode
+		masked bool
+	}{{ModeInterrupt, false}, {ModeAdaptive, false}, {ModeAdaptive, true}} {
+		name := tc.mode.String()
+		if tc.masked {
+			name += "-masked"
+		}
+		t.Run(name, func(t *testing.T) {
 			var delivered int
-			r, d := newDelayRing(t, mode, &delivered)
+			r, d := newDelayRingMask(t, tc.mode, tc.masked, &delivered)
 			rng := rand.New(rand.NewPCG(1, 2))
 			var req Request
 			finished := make(chan struct{})
@@ -280,5 +338,75 @@ func TestNewWithWaitChecksOptions(t *testing.T) {
 	}
 	if _, err := ParseMode("spin"); err == nil {
 		t.Error(`ParseMode("spin") succeeded`)
+	}
+}
+
+// spinDevice completes its one request on the third device poll after it
+// was issued, raising its interrupt as it posts: a completion that
+// polling is sure to find inside the adaptive window.
+type spinDevice struct {
+	ring    *Ring
+	irq     *chanInterrupt
+	pending *Request
+	polls   int
+}
+
+func (d *spinDevice) Reap(int) (int, error) {
+	if d.pending == nil {
+		return 0, nil
+	}
+	if d.polls++; d.polls < 3 {
+		return 0, nil
+	}
+	d.irq.raise()
+	d.ring.Complete(d.pending)
+	d.pending, d.polls = nil, 0
+	return 1, nil
+}
+
+// In ModeAdaptive a Masker is masked while the ring spins and whenever Poll
+// has returned, so completions that polling finds cost no interrupt; it is
+// unmasked only to block, and a completion held while masked wakes that
+// block (TestNoLostWakeup/adaptive-masked covers the race).
+func TestAdaptiveMasksWhilePolling(t *testing.T) {
+	d := &spinDevice{irq: newChanInterrupt()}
+	m := maskedChan{d.irq}
+	r, err := NewWithWait(d, func([]*Request) {}, WaitOptions{Mode: ModeAdaptive, Interrupt: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ring = r
+	if !m.isMasked() {
+		t.Fatal("a new adaptive ring left its interrupt unmasked")
+	}
+	var req Request
+	for i := range 200 {
+		if err := r.Submitted(&req); err != nil {
+			t.Fatal(err)
+		}
+		d.pending = &req
+		if n, err := r.Poll(1, 1); n != 1 || err != nil {
+			t.Fatalf("Poll = %d, %v", n, err)
+		}
+		if !m.isMasked() {
+			t.Fatalf("after Poll %d the interrupt is unmasked", i)
+		}
+	}
+	if sent := d.irq.sent.Load(); sent != 0 {
+		t.Errorf("200 completions found by polling sent %d interrupts, want 0 (masked)", sent)
+	}
+
+	// A slow completion makes the ring block: it must unmask to be woken.
+	var delivered int
+	r2, d2 := newDelayRingMask(t, ModeAdaptive, true, &delivered)
+	d2.issue(t, &req, 20*time.Millisecond)
+	if n, err := r2.Poll(1, 1); n != 1 || err != nil {
+		t.Fatalf("slow Poll = %d, %v", n, err)
+	}
+	if st := r2.WaitStats(); st.Blocks == 0 || st.Wakeups == 0 || st.Timeouts != 0 {
+		t.Errorf("a 20 ms completion: %+v, want a block ended by the interrupt", st)
+	}
+	if !(maskedChan{d2.irq}).isMasked() {
+		t.Error("after the blocking Poll the interrupt is unmasked")
 	}
 }

@@ -296,6 +296,11 @@ func (d *Device) BAR(i int) (mmio.Region, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.barLocked(i)
+}
+
+// barLocked is BAR with d.mu held.
+func (d *Device) barLocked(i int) (mmio.Region, error) {
 	if d.closed {
 		return mmio.Region{}, d.errClosed()
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nvmepoll/nvmepoll/vfio/mmio"
 	"golang.org/x/sys/unix"
 )
 
@@ -111,6 +112,11 @@ func (d *Device) Interrupt(v int) (*Interrupt, error) {
 		return nil, fmt.Errorf("vfio: %s: attaching an eventfd to MSI-X vector %d: %w", d.addr, v, err)
 	}
 	irq := &Interrupt{d: d, vector: v, fd: efd}
+	// The kernel unmasked the vector when it attached the eventfd; remember
+	// the rest of its Vector Control word so Mask and Unmask preserve it.
+	if irq.ctl, irq.ctlErr = d.msixControlLocked(v); irq.ctl != nil {
+		irq.ctl0 = mmio.Load32(irq.ctl) &^ 1
+	}
 	d.msix[v] = irq
 	return irq, nil
 }
@@ -142,6 +148,10 @@ type Interrupt struct {
 	fd     int
 	count  atomic.Uint64 // signals read from the counter so far
 	closed atomic.Bool
+
+	ctl    *uint32 // the entry's Vector Control word in the mapped BAR (msix.go); nil if unmapped
+	ctl0   uint32  // its value with the mask bit clear
+	ctlErr error   // why ctl is nil
 }
 
 // Vector is the MSI-X vector number.

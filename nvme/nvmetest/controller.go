@@ -574,8 +574,10 @@ type Stats struct {
 	Errors uint64
 	// DMAFaults counts accesses to unmapped IOVAs (see Memory).
 	DMAFaults uint64
-	// Interrupts counts MSI-X signals sent to an attached vector (irq.go).
-	Interrupts uint64
+	// Interrupts counts MSI-X signals sent to an attached vector (irq.go);
+	// HeldInterrupts those that found the vector masked and only set its
+	// pending bit.
+	Interrupts, HeldInterrupts uint64
 }
 
 // Stats returns the counters so far.

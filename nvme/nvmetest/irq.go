@@ -22,6 +22,9 @@ type Interrupt struct {
 	ch     chan struct{}
 	count  atomic.Uint64
 	closed bool // under c.mu
+	// MSI-X masking (under c.mu): a signal while masked sets pending and
+	// is sent on Unmask, as the PCI spec's pending bit does.
+	masked, pending bool
 }
 
 // Interrupt returns what MSI-X vector v (0..Config.MaxQueuePairs) signals,
@@ -54,11 +57,39 @@ func (c *Controller) interruptLocked(cq *compQueue) {
 		return
 	}
 	irq := c.irqs[cq.iv]
+	if irq.masked {
+		irq.pending = true
+		c.stats.HeldInterrupts++
+		return
+	}
+	irq.sendLocked()
+}
+
+// sendLocked signals the vector; c.mu is held.
+func (irq *Interrupt) sendLocked() {
 	irq.count.Add(1)
-	c.stats.Interrupts++
+	irq.c.stats.Interrupts++
 	select {
 	case irq.ch <- struct{}{}:
 	default: // one already pending: they merge
+	}
+}
+
+// Mask sets the vector's MSI-X mask bit: signals are held until Unmask.
+func (i *Interrupt) Mask() {
+	i.c.mu.Lock()
+	i.masked = true
+	i.c.mu.Unlock()
+}
+
+// Unmask clears the mask bit and sends a signal held while masked.
+func (i *Interrupt) Unmask() {
+	i.c.mu.Lock()
+	defer i.c.mu.Unlock()
+	i.masked = false
+	if i.pending {
+		i.pending = false
+		i.sendLocked()
 	}
 }
 
