@@ -81,13 +81,16 @@ const (
 	// DefaultWindowStart is the first poll window, as in QEMU (4 µs).
 	DefaultWindowStart = 4 * time.Microsecond
 	// DefaultWindowMax caps the window. QEMU's iothread default
-	// poll-max-ns is 32 µs; we allow 64 µs because a wake-up through
-	// MSI-X, eventfd and the scheduler costs a few µs of CPU and 5-20 µs of
-	// latency on real hardware (much more under emulation), and flash
-	// reads complete in 10-100 µs: a read that ends within 64 µs is
-	// cheaper to spin for than to sleep on, one that takes longer is
-	// cheaper to sleep on.
-	DefaultWindowMax = 64 * time.Microsecond
+	// poll-max-ns is 32 µs, for generic event loops; NVMe reads are
+	// slower: 50-150 µs for TLC flash at QD1 (70 µs p50 for QEMU's
+	// emulated controller), and a wake-up through MSI-X, eventfd and the
+	// scheduler costs a few µs of CPU and 5-20 µs of latency on real
+	// hardware (much more under emulation). A 64 µs cap gave up on most
+	// reads just before they ended (QD1 adaptive at 0.8x poll in the
+	// guest, docs/PERFORMANCE.md); 256 µs catches them and bounds the
+	// CPU spent on one wait at a quarter of a millisecond. An idle pair is
+	// unaffected: waits of seconds shrink the window to 0.
+	DefaultWindowMax = 256 * time.Microsecond
 	// blockSlice bounds one blocking wait, so a context is looked at and
 	// a lost interrupt (a misconfigured IOMMU, a device bug) costs a
 	// stall, never a hang. It is counted in WaitStats.Timeouts.

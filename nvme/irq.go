@@ -69,7 +69,7 @@ type QueueOptions struct {
 	Mode CompletionMode
 	// WindowStart and WindowMax bound ModeAdaptive's poll window
 	// (defaults iopoll.DefaultWindowStart, 4 µs, and
-	// iopoll.DefaultWindowMax, 64 µs).
+	// iopoll.DefaultWindowMax, 256 µs).
 	WindowStart, WindowMax time.Duration
 }
 

@@ -38,7 +38,7 @@ one() { # label, perf args...
 	nvmectl perf "\$dev" -w randread -q 1 --json "\$@" | tr -d '\n'
 	echo
 }
-args() { # mode label -> perf flags (adaptive-1ms: the window capped at 1 ms instead of 64 µs)
+args() { # mode label -> perf flags (adaptive-1ms: the window capped at 1 ms instead of 256 µs)
 	case \$1 in
 	adaptive-1ms) echo --mode adaptive --window-max 1ms ;;
 	*) echo --mode \$1 ;;

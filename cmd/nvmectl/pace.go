@@ -25,7 +25,7 @@ func paceFlags(fs *flag.FlagSet, c *perfConfig) {
 			c.mode, err = nvme.ParseCompletionMode(s)
 			return err
 		})
-	fs.DurationVar(&c.window, "window-max", 0, "cap of the adaptive poll `WINDOW` (default 64µs; under emulation a wake-up can cost more than that)")
+	fs.DurationVar(&c.window, "window-max", 0, "cap of the adaptive poll `WINDOW` (default 256µs)")
 	fs.Float64Var(&c.rate, "rate", 0, "paced load: `N` I/Os per second in total over all queues (default: as fast as the depth allows)")
 }
 
