@@ -294,25 +294,39 @@ func b2i(b bool) int {
 	return 0
 }
 
+// dmaBuf is a DMA buffer the controller maps at Open: what it is for and
+// its size in bytes, as passed to Alloc.
+type dmaBuf struct {
+	what string
+	size int
+}
+
+// adminLayout sizes the admin queue: its depth (Options.AdminDepth capped
+// at CAP.MQES+1), the AQA value for it and the buffers setupAdmin maps, in
+// the order of adminSQ, adminCQ, adminBuf.
+func (c *Controller) adminLayout() (depth int, aqa AQA, bufs []dmaBuf, err error) {
+	depth = min(c.opts.AdminDepth, c.cap.MaxQueueEntries())
+	if aqa, err = MakeAQA(depth, depth); err != nil {
+		return 0, 0, nil, fmt.Errorf("nvme: %w", err)
+	}
+	return depth, aqa, []dmaBuf{
+		{"SQ", depth * queue.SQESize},
+		{"CQ", depth * queue.CQESize},
+		{"data page", PageSize}, // Identify and log pages
+	}, nil
+}
+
 // setupAdmin allocates the admin queue and points AQA/ASQ/ACQ at it.
 func (c *Controller) setupAdmin() error {
-	depth := c.opts.AdminDepth
-	if max := c.cap.MaxQueueEntries(); depth > max {
-		depth = max
-	}
-	aqa, err := MakeAQA(depth, depth)
+	depth, aqa, bufs, err := c.adminLayout()
 	if err != nil {
-		return fmt.Errorf("nvme: %w", err)
+		return err
 	}
 	a := c.dev.DMA()
-	if c.adminSQ, err = a.Alloc(depth * queue.SQESize); err != nil {
-		return fmt.Errorf("nvme: allocating admin SQ: %w", err)
-	}
-	if c.adminCQ, err = a.Alloc(depth * queue.CQESize); err != nil {
-		return fmt.Errorf("nvme: allocating admin CQ: %w", err)
-	}
-	if c.adminBuf, err = a.Alloc(PageSize); err != nil {
-		return fmt.Errorf("nvme: allocating admin data page: %w", err)
+	for i, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {
+		if *b, err = a.Alloc(bufs[i].size); err != nil {
+			return fmt.Errorf("nvme: allocating admin %s: %w", bufs[i].what, err)
+		}
 	}
 	sqdb, err := c.dev.Doorbell(DoorbellOffset(0, false, c.stride))
 	if err != nil {
