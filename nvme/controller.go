@@ -215,7 +215,13 @@ func (c *Controller) bringUp() error {
 	}
 	c.id = id
 	c.maxTransfer = c.opts.MaxTransfer
-	if id.MDTS != 0 && id.MDTS < 32 {
+	switch {
+	case id.MDTS >= 32:
+		// 2^32 pages or more per command: no controller moves that, so
+		// this is a broken field, not a limit. Options.MaxTransfer
+		// applies, as for MDTS 0.
+		c.countIdentify(BadMDTS)
+	case id.MDTS != 0:
 		if mdts := c.cap.MinPageSize() << id.MDTS; mdts < c.maxTransfer {
 			c.maxTransfer = mdts
 		}
