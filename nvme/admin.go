@@ -128,7 +128,7 @@ func (c *Controller) IdentifyController(ctx context.Context) (*IdentifyControlle
 	if err != nil {
 		return nil, err
 	}
-	id, err := ParseIdentifyController(b)
+	id, err := parseIdentifyController(b, c.countIdentify)
 	if err != nil {
 		return nil, fmt.Errorf("nvme: Identify Controller: %w", err)
 	}
@@ -144,7 +144,7 @@ func (c *Controller) IdentifyNamespace(ctx context.Context, nsid uint32) (*Ident
 	if err != nil {
 		return nil, err
 	}
-	ns, err := ParseIdentifyNamespace(b)
+	ns, err := parseIdentifyNamespace(b, c.countIdentify)
 	if err != nil {
 		return nil, fmt.Errorf("nvme: Identify Namespace %d: %w", nsid, err)
 	}
@@ -161,11 +161,12 @@ func (c *Controller) ActiveNamespaces(ctx context.Context) ([]uint32, error) {
 		if err != nil {
 			return nil, err
 		}
-		ids, err := ParseActiveNamespaces(b)
+		ids, err := parseActiveNamespaces(b, c.countIdentify)
 		if err != nil {
 			return nil, fmt.Errorf("nvme: active namespace list after nsid %d: %w", after, err)
 		}
 		if len(ids) > 0 && ids[0] <= after {
+			c.countIdentify(BadNSList)
 			return nil, fmt.Errorf("nvme: active namespace list after nsid %d starts at nsid %d: %w", after, ids[0], ErrOutOfSpec)
 		}
 		all = append(all, ids...)

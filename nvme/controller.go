@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,6 +145,17 @@ type Controller struct {
 // controller, sets up the admin queue, enables it, identifies it and asks
 // for I/O queues. On success the Controller owns dev and closes it on Close;
 // on failure dev is closed too.
+//
+// If dev limits its DMA memory (MemlockChecker: RLIMIT_MEMLOCK for VFIO),
+// Open checks what it maps before mapping it, so a low limit fails with the
+// bytes needed, the limit and how to raise it instead of part-way through.
+// Open cannot know the whole total before it starts: the shadow doorbell
+// pages and the synchronous API's bounce buffers depend on Identify (MDTS,
+// OACS) and on the queues granted, which need the admin queue. So it checks
+// twice: the admin queue before it touches the controller, then the rest
+// once those answers are in and before any of it is mapped. I/O queue pairs
+// (NewQueuePair, and the synchronous API's, made on first use) and pools
+// (NewPool) are mapped later and each allocation checks its own buffer.
 func Open(dev Device, opts *Options) (*Controller, error) {
 	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}, opened: time.Now()}
 	if err := c.bringUp(); err != nil {
@@ -171,6 +183,13 @@ func (c *Controller) bringUp() error {
 	if ps := c.dev.DMA().PageSize(); ps%PageSize != 0 {
 		return fmt.Errorf("nvme: DMA page size %d is not a multiple of %d: %w", ps, PageSize, ErrNotSupported)
 	}
+	_, _, adminBufs, err := c.adminLayout()
+	if err != nil {
+		return err
+	}
+	if err := c.checkMemlock("the admin queue first", adminBufs); err != nil {
+		return err
+	}
 
 	if err := c.disable(); err != nil {
 		return err
@@ -196,7 +215,13 @@ func (c *Controller) bringUp() error {
 	}
 	c.id = id
 	c.maxTransfer = c.opts.MaxTransfer
-	if id.MDTS != 0 && id.MDTS < 32 {
+	switch {
+	case id.MDTS >= 32:
+		// 2^32 pages or more per command: no controller moves that, so
+		// this is a broken field, not a limit. Options.MaxTransfer
+		// applies, as for MDTS 0.
+		c.countIdentify(BadMDTS)
+	case id.MDTS != 0:
 		if mdts := c.cap.MinPageSize() << id.MDTS; mdts < c.maxTransfer {
 			c.maxTransfer = mdts
 		}
@@ -216,21 +241,53 @@ func (c *Controller) bringUp() error {
 	n := min(sq, cq) + 1
 	c.qids = make([]bool, n)
 	c.qids[0] = true
-	if err := c.setupShadowDoorbells(ctx); err != nil {
-		return err
-	}
 
 	// The synchronous API's queue pairs are made on first use, so a user
 	// of a one-queue controller who only submits asynchronously gets it.
 	nsync := min(c.opts.SyncQueues, n-1)
-	c.syncPairs = make(chan *QueuePair, nsync)
-	c.syncMax = nsync
 	// One bounce buffer per synchronous queue pair, plus spares for
 	// commands abandoned after a timeout (they keep theirs until the
 	// controller answers).
-	c.syncPool, err = NewPool(c.dev.DMA(), nsync+2, c.maxTransfer)
+	nbounce := nsync + 2
+	bounce, err := poolBufferSize(c.dev.DMA().PageSize(), nbounce, c.maxTransfer)
 	if err != nil {
 		return fmt.Errorf("nvme: %w", err)
+	}
+	rest, _ := c.shadowDoorbellPlan()
+	rest = append(rest, dmaBuf{fmt.Sprintf("synchronous API bounce buffers (%d x %d bytes)", nbounce, bounce), nbounce * bounce})
+	if err := c.checkMemlock("the rest of its DMA memory once Identify has sized it", rest); err != nil {
+		return err
+	}
+
+	if err := c.setupShadowDoorbells(ctx); err != nil {
+		return err
+	}
+	c.syncPairs = make(chan *QueuePair, nsync)
+	c.syncMax = nsync
+	c.syncPool, err = NewPool(c.dev.DMA(), nbounce, c.maxTransfer)
+	if err != nil {
+		return fmt.Errorf("nvme: %w", err)
+	}
+	return nil
+}
+
+// checkMemlock asks the Device, if it limits DMA memory (MemlockChecker),
+// whether bufs can all be mapped now. The error lists them, so the user
+// sees what the memory is for; the Device's error says how much is needed
+// in all and how to raise the limit.
+func (c *Controller) checkMemlock(what string, bufs []dmaBuf) error {
+	mc, ok := c.dev.(MemlockChecker)
+	if !ok || len(bufs) == 0 {
+		return nil
+	}
+	sizes := make([]int, len(bufs))
+	parts := make([]string, len(bufs))
+	for i, b := range bufs {
+		sizes[i] = b.size
+		parts[i] = fmt.Sprintf("%s: %d bytes", b.what, b.size)
+	}
+	if err := mc.CheckMemlock(sizes...); err != nil {
+		return fmt.Errorf("nvme: Open maps %s (%s): %w", what, strings.Join(parts, ", "), err)
 	}
 	return nil
 }
@@ -294,25 +351,39 @@ func b2i(b bool) int {
 	return 0
 }
 
+// dmaBuf is a DMA buffer the controller maps at Open: what it is for and
+// its size in bytes, as passed to Alloc.
+type dmaBuf struct {
+	what string
+	size int
+}
+
+// adminLayout sizes the admin queue: its depth (Options.AdminDepth capped
+// at CAP.MQES+1), the AQA value for it and the buffers setupAdmin maps, in
+// the order of adminSQ, adminCQ, adminBuf.
+func (c *Controller) adminLayout() (depth int, aqa AQA, bufs []dmaBuf, err error) {
+	depth = min(c.opts.AdminDepth, c.cap.MaxQueueEntries())
+	if aqa, err = MakeAQA(depth, depth); err != nil {
+		return 0, 0, nil, fmt.Errorf("nvme: %w", err)
+	}
+	return depth, aqa, []dmaBuf{
+		{"SQ", depth * queue.SQESize},
+		{"CQ", depth * queue.CQESize},
+		{"data page", PageSize}, // Identify and log pages
+	}, nil
+}
+
 // setupAdmin allocates the admin queue and points AQA/ASQ/ACQ at it.
 func (c *Controller) setupAdmin() error {
-	depth := c.opts.AdminDepth
-	if max := c.cap.MaxQueueEntries(); depth > max {
-		depth = max
-	}
-	aqa, err := MakeAQA(depth, depth)
+	depth, aqa, bufs, err := c.adminLayout()
 	if err != nil {
-		return fmt.Errorf("nvme: %w", err)
+		return err
 	}
 	a := c.dev.DMA()
-	if c.adminSQ, err = a.Alloc(depth * queue.SQESize); err != nil {
-		return fmt.Errorf("nvme: allocating admin SQ: %w", err)
-	}
-	if c.adminCQ, err = a.Alloc(depth * queue.CQESize); err != nil {
-		return fmt.Errorf("nvme: allocating admin CQ: %w", err)
-	}
-	if c.adminBuf, err = a.Alloc(PageSize); err != nil {
-		return fmt.Errorf("nvme: allocating admin data page: %w", err)
+	for i, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {
+		if *b, err = a.Alloc(bufs[i].size); err != nil {
+			return fmt.Errorf("nvme: allocating admin %s: %w", bufs[i].what, err)
+		}
 	}
 	sqdb, err := c.dev.Doorbell(DoorbellOffset(0, false, c.stride))
 	if err != nil {

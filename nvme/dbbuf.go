@@ -34,22 +34,17 @@ type dbbuf struct {
 // rejects the command is not an error: its queues use MMIO doorbells, and
 // ShadowDoorbells says why.
 func (c *Controller) setupShadowDoorbells(ctx context.Context) error {
-	if c.opts.NoShadowDoorbells || !c.id.OACS.DoorbellBufferConfig() {
-		return nil
-	}
-	// One page holds the slots of every granted queue unless the stride is
-	// large; the spec's buffers are one memory page each.
-	if need := DoorbellOffset(uint16(len(c.qids)-1), true, c.stride) + 4 - RegDoorbellBase; need > PageSize {
-		c.dbbuf.err = fmt.Errorf("%d queues at a doorbell stride of %d bytes need %d bytes of shadow doorbells, more than a %d-byte page", len(c.qids), c.stride, need, PageSize)
+	bufs, why := c.shadowDoorbellPlan()
+	if bufs == nil {
+		c.dbbuf.err = why
 		return nil
 	}
 	a := c.dev.DMA()
 	var err error
-	if c.dbbuf.shadow, err = a.Alloc(PageSize); err != nil {
-		return fmt.Errorf("nvme: allocating the shadow doorbell page: %w", err)
-	}
-	if c.dbbuf.event, err = a.Alloc(PageSize); err != nil {
-		return fmt.Errorf("nvme: allocating the EventIdx page: %w", err)
+	for i, b := range []*dma.Buffer{&c.dbbuf.shadow, &c.dbbuf.event} {
+		if *b, err = a.Alloc(bufs[i].size); err != nil {
+			return fmt.Errorf("nvme: allocating the %s: %w", bufs[i].what, err)
+		}
 	}
 	cmd := queue.Command{Opcode: uint8(AdminDoorbellBufferConfig), PRP1: c.dbbuf.shadow.IOVA, PRP2: c.dbbuf.event.IOVA}
 	if _, err := c.AdminCommand(ctx, &cmd); err != nil {
@@ -60,6 +55,21 @@ func (c *Controller) setupShadowDoorbells(ctx context.Context) error {
 	}
 	c.dbbuf.on = true
 	return nil
+}
+
+// shadowDoorbellPlan returns the pages setupShadowDoorbells maps, shadow
+// then EventIdx, or none: when shadow doorbells are off or not offered
+// (why is nil), or when they cannot be used (why says so).
+func (c *Controller) shadowDoorbellPlan() (bufs []dmaBuf, why error) {
+	if c.opts.NoShadowDoorbells || !c.id.OACS.DoorbellBufferConfig() {
+		return nil, nil
+	}
+	// One page holds the slots of every granted queue unless the stride is
+	// large; the spec's buffers are one memory page each.
+	if need := DoorbellOffset(uint16(len(c.qids)-1), true, c.stride) + 4 - RegDoorbellBase; need > PageSize {
+		return nil, fmt.Errorf("%d queues at a doorbell stride of %d bytes need %d bytes of shadow doorbells, more than a %d-byte page", len(c.qids), c.stride, need, PageSize)
+	}
+	return []dmaBuf{{"shadow doorbell page", PageSize}, {"EventIdx page", PageSize}}, nil
 }
 
 // ShadowDoorbells reports whether I/O queues use shadow doorbells and, when

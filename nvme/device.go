@@ -22,3 +22,13 @@ type Device interface {
 	// Close releases the device. It is safe to call more than once.
 	Close() error
 }
+
+// MemlockChecker is an optional ability of a Device whose DMA memory counts
+// against a limit, as a VFIO device's does against RLIMIT_MEMLOCK.
+// CheckMemlock reports, mapping nothing, whether DMA buffers of these sizes
+// (as they would be passed to Alloc) could all be mapped now, counting them
+// as Alloc does; its error names the bytes needed, the limit and how to
+// raise it. Open calls it before it maps anything (see Open).
+type MemlockChecker interface {
+	CheckMemlock(sizes ...int) error
+}

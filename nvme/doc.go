@@ -45,8 +45,11 @@
 // field outside what the specification allows, or outside what nvmepoll
 // can use safely (an Identify Namespace block size below 512 bytes, an
 // entry size range that excludes 64-byte commands), is ErrOutOfSpec with
-// the field and value named. No value from the device can make this
-// package panic or index out of range; fuzz tests hold the parsers to it.
+// the field and value named. Each Identify check that fires on data a
+// Controller read, rejecting it or clamping a field (MDTS, NPSS), is
+// counted in Counters.BadIdentify by IdentifyAnomaly. No value from the
+// device can make this package panic or index out of range; fuzz tests hold
+// the parsers to it.
 //
 // # Errors
 //

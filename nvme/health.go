@@ -30,6 +30,21 @@ type Counters struct {
 	// queue (admin included), indexed by queue.CQEErrorKind: unknown cid,
 	// idle or duplicate cid, SQ head out of range, wrong SQ id.
 	BadCQEs [4]uint64
+	// BadIdentify counts implausible Identify data the controller sent,
+	// indexed by IdentifyAnomaly: one per check that fired, on the data
+	// Open, IdentifyController, IdentifyNamespace, Namespace and
+	// ActiveNamespaces read. A rejection during Open fails Open, so only
+	// what Open clamped (MDTS, NPSS) and what later reads find shows here.
+	BadIdentify [NumIdentifyAnomalies]uint64
+}
+
+// IdentifyAnomalies is the total of BadIdentify.
+func (k Counters) IdentifyAnomalies() uint64 {
+	var n uint64
+	for _, v := range k.BadIdentify {
+		n += v
+	}
+	return n
 }
 
 // counters is the atomic form of Counters, updated from any goroutine.
@@ -38,6 +53,7 @@ type counters struct {
 	resubmitted, failedByReset              atomic.Uint64
 	fatalStatus, notReady, deviceGone       atomic.Uint64
 	badCQEs                                 [4]atomic.Uint64
+	badIdentify                             [NumIdentifyAnomalies]atomic.Uint64
 }
 
 // Counters returns a snapshot of the controller's error counters.
@@ -52,6 +68,9 @@ func (c *Controller) Counters() Counters {
 	for i := range r.BadCQEs {
 		r.BadCQEs[i] = k.badCQEs[i].Load()
 	}
+	for i := range r.BadIdentify {
+		r.BadIdentify[i] = k.badIdentify[i].Load()
+	}
 	return r
 }
 
@@ -60,5 +79,12 @@ func (c *Controller) countBadCQE(err error) {
 	var ce *queue.CQEError
 	if errors.As(err, &ce) && int(ce.Kind) < len(c.rec.counts.badCQEs) {
 		c.rec.counts.badCQEs[ce.Kind].Add(1)
+	}
+}
+
+// countIdentify counts an Identify check that fired (an anomalyFunc).
+func (c *Controller) countIdentify(k IdentifyAnomaly) {
+	if k < NumIdentifyAnomalies {
+		c.rec.counts.badIdentify[k].Add(1)
 	}
 }

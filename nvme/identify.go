@@ -11,6 +11,73 @@ import (
 // IdentifySize is the size of every Identify data structure.
 const IdentifySize = 4096
 
+// IdentifyAnomaly is a kind of implausible Identify data, found by the
+// checks below and by Open and Namespace, which check what they size things
+// from. It indexes Counters.BadIdentify: a Controller counts each check that
+// fires on data it read, whether the data is rejected (an ErrOutOfSpec
+// error naming the field) or a field is clamped or ignored.
+type IdentifyAnomaly uint8
+
+const (
+	// BadSQES: Identify Controller SQES excludes 64-byte entries
+	// (rejected).
+	BadSQES IdentifyAnomaly = iota
+	// BadCQES: CQES excludes 16-byte entries (rejected).
+	BadCQES
+	// BadNN: NN is the broadcast NSID 0xffffffff (rejected).
+	BadNN
+	// BadMDTS: MDTS is 32 or more, 2^32 pages or more per command; Open
+	// takes it as no limit, so Options.MaxTransfer applies (ignored).
+	BadMDTS
+	// BadNPSS: NPSS is above 31; only the 32 power state descriptors the
+	// page holds are kept (clamped).
+	BadNPSS
+	// BadNLBAF: Identify Namespace NLBAF is above 63 (rejected).
+	BadNLBAF
+	// BadFLBAS: FLBAS selects a format past NLBAF (rejected).
+	BadFLBAS
+	// BadLBADS: the block size of the format in use is outside
+	// 2^MinLBADS..2^MaxLBADS, or (Namespace) above 64 KiB (rejected).
+	BadLBADS
+	// BadCapacity: NCAP is above NSZE, or NUSE above NCAP (rejected).
+	BadCapacity
+	// BadNSZE: NSZE blocks do not fit in 64 bits of bytes, or (Namespace)
+	// in 63 (rejected).
+	BadNSZE
+	// BadNSList: the active namespace list holds 0xffffffff, is not
+	// strictly increasing, or a page does not start after the NSID asked
+	// for (rejected).
+	BadNSList
+
+	// NumIdentifyAnomalies is the number of kinds, the length of
+	// Counters.BadIdentify.
+	NumIdentifyAnomalies
+)
+
+var anomalyNames = [NumIdentifyAnomalies]string{
+	BadSQES: "SQES", BadCQES: "CQES", BadNN: "NN", BadMDTS: "MDTS", BadNPSS: "NPSS",
+	BadNLBAF: "NLBAF", BadFLBAS: "FLBAS", BadLBADS: "LBADS", BadCapacity: "NCAP/NUSE", BadNSZE: "NSZE",
+	BadNSList: "active namespace list",
+}
+
+// String is the field the anomaly is in, as the spec spells it.
+func (k IdentifyAnomaly) String() string {
+	if k < NumIdentifyAnomalies {
+		return anomalyNames[k]
+	}
+	return fmt.Sprintf("IdentifyAnomaly(%d)", uint8(k))
+}
+
+// anomalyFunc is told of each IdentifyAnomaly a check finds, at the check;
+// nil ignores them.
+type anomalyFunc func(IdentifyAnomaly)
+
+func (f anomalyFunc) add(k IdentifyAnomaly) {
+	if f != nil {
+		f(k)
+	}
+}
+
 // Uint128 is a 128-bit little-endian counter or capacity from the device
 // (TNVMCAP, SMART data units, ...). Hi is zero for any value a real device
 // reaches today; String prints the full value in decimal.
@@ -257,6 +324,10 @@ func (c *IdentifyController) MaxTransfer(minPageSize int) int {
 // entries, and NN must not be 0xffffffff (the broadcast NSID). Errors wrap
 // ErrOutOfSpec and name the field and its value.
 func ParseIdentifyController(b []byte) (*IdentifyController, error) {
+	return parseIdentifyController(b, nil)
+}
+
+func parseIdentifyController(b []byte, anomalies anomalyFunc) (*IdentifyController, error) {
 	if len(b) < IdentifySize {
 		return nil, fmt.Errorf("identify controller: %d bytes, want %d: %w", len(b), IdentifySize, ErrInvalidArgument)
 	}
@@ -319,19 +390,25 @@ func ParseIdentifyController(b []byte) (*IdentifyController, error) {
 	copy(c.FGUID[:], b[112:128])
 
 	if !c.SQES.Allows(SQEntryShift) {
+		anomalies.add(BadSQES)
 		return nil, fmt.Errorf("identify controller: SQES 0x%02x (min %d, max %d) does not allow 64-byte entries: %w",
 			uint8(c.SQES), c.SQES.Min(), c.SQES.Max(), ErrOutOfSpec)
 	}
 	if !c.CQES.Allows(CQEntryShift) {
+		anomalies.add(BadCQES)
 		return nil, fmt.Errorf("identify controller: CQES 0x%02x (min %d, max %d) does not allow 16-byte entries: %w",
 			uint8(c.CQES), c.CQES.Min(), c.CQES.Max(), ErrOutOfSpec)
 	}
 	if c.NN == 0xffffffff {
+		anomalies.add(BadNN)
 		return nil, fmt.Errorf("identify controller: NN 0x%08x is the broadcast namespace ID: %w", c.NN, ErrOutOfSpec)
 	}
 
 	// NPSS above 31 is out of spec, but power states are informational:
 	// keep the 32 descriptors the page has room for rather than failing.
+	if int(c.NPSS) >= MaxPowerStates {
+		anomalies.add(BadNPSS)
+	}
 	n := min(int(c.NPSS)+1, MaxPowerStates)
 	c.PowerStates = make([]PowerState, n)
 	for i := range c.PowerStates {
@@ -478,6 +555,10 @@ func (n *IdentifyNamespace) ThinProvisioned() bool { return n.NSFEAT&1 != 0 }
 // outside 2^9..2^30, NCAP or NUSE above NSZE, or a size that overflows 64
 // bits of bytes wraps ErrOutOfSpec.
 func ParseIdentifyNamespace(b []byte) (*IdentifyNamespace, error) {
+	return parseIdentifyNamespace(b, nil)
+}
+
+func parseIdentifyNamespace(b []byte, anomalies anomalyFunc) (*IdentifyNamespace, error) {
 	if len(b) < IdentifySize {
 		return nil, fmt.Errorf("identify namespace: %d bytes, want %d: %w", len(b), IdentifySize, ErrInvalidArgument)
 	}
@@ -521,6 +602,7 @@ func ParseIdentifyNamespace(b []byte) (*IdentifyNamespace, error) {
 		return nil, fmt.Errorf("identify namespace: NSZE is 0: %w", ErrNamespaceInactive)
 	}
 	if int(n.NLBAF) >= MaxLBAFormats {
+		anomalies.add(BadNLBAF)
 		return nil, fmt.Errorf("identify namespace: NLBAF %d (0-based) is above the %d formats the page holds: %w",
 			n.NLBAF, MaxLBAFormats, ErrOutOfSpec)
 	}
@@ -530,19 +612,23 @@ func ParseIdentifyNamespace(b []byte) (*IdentifyNamespace, error) {
 		n.LBAF[i] = LBAFormat{MS: uint16(v), LBADS: uint8(v >> 16), RP: uint8(v >> 24 & 3)}
 	}
 	if i := n.FormatIndex(); i > int(n.NLBAF) {
+		anomalies.add(BadFLBAS)
 		return nil, fmt.Errorf("identify namespace: FLBAS 0x%02x selects format %d but NLBAF is %d: %w",
 			n.FLBAS, i, n.NLBAF, ErrOutOfSpec)
 	}
 	f := n.Format()
 	if f.LBADS < MinLBADS || f.LBADS > MaxLBADS {
+		anomalies.add(BadLBADS)
 		return nil, fmt.Errorf("identify namespace: LBADS %d of format %d is outside %d..%d: %w",
 			f.LBADS, n.FormatIndex(), MinLBADS, MaxLBADS, ErrOutOfSpec)
 	}
 	if n.NCAP > n.NSZE || n.NUSE > n.NCAP {
+		anomalies.add(BadCapacity)
 		return nil, fmt.Errorf("identify namespace: NSZE %d, NCAP %d, NUSE %d are not in decreasing order: %w",
 			n.NSZE, n.NCAP, n.NUSE, ErrOutOfSpec)
 	}
 	if n.NSZE > ^uint64(0)>>f.LBADS {
+		anomalies.add(BadNSZE)
 		return nil, fmt.Errorf("identify namespace: NSZE %d blocks of %d bytes overflows 64 bits: %w",
 			n.NSZE, f.BlockSize(), ErrOutOfSpec)
 	}
@@ -559,6 +645,10 @@ const MaxActiveNamespaces = IdentifySize / 4
 // ErrOutOfSpec. A full list (1024 entries) means there may be more: ask
 // again with CDW1.NSID set to the last one.
 func ParseActiveNamespaces(b []byte) ([]uint32, error) {
+	return parseActiveNamespaces(b, nil)
+}
+
+func parseActiveNamespaces(b []byte, anomalies anomalyFunc) ([]uint32, error) {
 	if len(b) < IdentifySize {
 		return nil, fmt.Errorf("active namespace list: %d bytes, want %d: %w", len(b), IdentifySize, ErrInvalidArgument)
 	}
@@ -569,9 +659,11 @@ func ParseActiveNamespaces(b []byte) ([]uint32, error) {
 			break
 		}
 		if id == 0xffffffff {
+			anomalies.add(BadNSList)
 			return nil, fmt.Errorf("active namespace list: entry %d is the broadcast NSID 0xffffffff: %w", i, ErrOutOfSpec)
 		}
 		if len(ids) > 0 && id <= ids[len(ids)-1] {
+			anomalies.add(BadNSList)
 			return nil, fmt.Errorf("active namespace list: entry %d (nsid %d) does not follow nsid %d in increasing order: %w",
 				i, id, ids[len(ids)-1], ErrOutOfSpec)
 		}

@@ -80,13 +80,15 @@ func newNamespace(c *Controller, nsid uint32, info *IdentifyNamespace) (*Namespa
 	}
 	bs := info.BlockSize()
 	if bs < 512 || bs > 1<<16 || bs&(bs-1) != 0 {
+		c.countIdentify(BadLBADS)
 		return nil, fmt.Errorf("nvme: namespace %d: block size %d is not a power of two from 512 to 65536: %w", nsid, bs, ErrOutOfSpec)
 	}
 	if bs > c.maxTransfer {
 		return nil, fmt.Errorf("nvme: namespace %d: block size %d is above the maximum transfer %d: %w", nsid, bs, c.maxTransfer, ErrNotSupported)
 	}
 	if info.NSZE > 1<<63>>uint(bits.TrailingZeros(uint(bs))) {
-		return nil, fmt.Errorf("nvme: namespace %d: size %d blocks of %d bytes overflows 64 bits: %w", nsid, info.NSZE, bs, ErrOutOfSpec)
+		c.countIdentify(BadNSZE)
+		return nil, fmt.Errorf("nvme: namespace %d: size %d blocks of %d bytes is above 2^63 bytes (Size is an int64): %w", nsid, info.NSZE, bs, ErrOutOfSpec)
 	}
 	return &Namespace{
 		c: c, id: nsid, info: info,

@@ -36,16 +36,23 @@ func OpenPCI(addr string, opts *Options) (*Controller, error) {
 }
 
 // pciDevice is a VFIO-bound PCI function as a Device: registers and
-// doorbells in the mapped BAR0, DMA through the IOMMU.
+// doorbells in the mapped BAR0, DMA through the IOMMU, counted against
+// RLIMIT_MEMLOCK (a MemlockChecker).
 type pciDevice struct {
 	vd  *vfio.Device
 	bar mmio.Region
 }
 
+var _ MemlockChecker = (*pciDevice)(nil)
+
 func (d *pciDevice) Read32(off int) uint32     { return d.bar.Read32(off) }
 func (d *pciDevice) Write32(off int, v uint32) { d.bar.Write32(off, v) }
 func (d *pciDevice) DMA() dma.Allocator        { return d.vd.DMA() }
 func (d *pciDevice) Close() error              { return d.vd.Close() }
+
+// CheckMemlock checks RLIMIT_MEMLOCK for buffers of these sizes as the VFIO
+// allocator would count them; the error wraps vfio.ErrMemlock.
+func (d *pciDevice) CheckMemlock(sizes ...int) error { return d.vd.CheckMemlock(sizes...) }
 
 // Doorbell returns the register at off as an MMIO doorbell (one plain
 // 32-bit store per ring), or an error if off is outside BAR0, which a

@@ -32,13 +32,9 @@ type Pool struct {
 // NewPool maps count buffers of size bytes each (size is rounded up to the
 // allocator's page size, so every buffer starts on a page).
 func NewPool(a dma.Allocator, count, size int) (*Pool, error) {
-	if count <= 0 || size <= 0 {
-		return nil, fmt.Errorf("%w: pool of %d buffers of %d bytes", ErrInvalidArgument, count, size)
-	}
-	page := a.PageSize()
-	size = (size + page - 1) / page * page
-	if size > (1<<40)/count {
-		return nil, fmt.Errorf("%w: pool of %d buffers of %d bytes is too large", ErrInvalidArgument, count, size)
+	size, err := poolBufferSize(a.PageSize(), count, size)
+	if err != nil {
+		return nil, err
 	}
 	mem, err := a.Alloc(count * size)
 	if err != nil {
@@ -49,6 +45,19 @@ func NewPool(a dma.Allocator, count, size int) (*Pool, error) {
 		p.free <- int32(i)
 	}
 	return p, nil
+}
+
+// poolBufferSize is the size of each buffer of a pool of count buffers of
+// size bytes: size rounded up to the page. The pool maps count times that.
+func poolBufferSize(page, count, size int) (int, error) {
+	if count <= 0 || size <= 0 {
+		return 0, fmt.Errorf("%w: pool of %d buffers of %d bytes", ErrInvalidArgument, count, size)
+	}
+	size = (size + page - 1) / page * page
+	if size > (1<<40)/count {
+		return 0, fmt.Errorf("%w: pool of %d buffers of %d bytes is too large", ErrInvalidArgument, count, size)
+	}
+	return size, nil
 }
 
 // NewPool maps a pool of count buffers of size bytes in memory this

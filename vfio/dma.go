@@ -22,12 +22,54 @@ func (a allocator) Alloc(size int) (dma.Buffer, error) { return a.d.alloc(size) 
 func (a allocator) Free(b dma.Buffer) error            { return a.d.free(b) }
 func (a allocator) PageSize() int                      { return a.d.iova.PageSize() }
 
-func (d *Device) alloc(size int) (dma.Buffer, error) {
+// dmaSize is how many bytes Alloc maps for a request of size bytes: size
+// rounded up to the IOMMU page.
+func (d *Device) dmaSize(size int) (int, error) {
 	page := d.iova.PageSize()
 	if size <= 0 || size > math.MaxInt-page {
-		return dma.Buffer{}, fmt.Errorf("vfio: %s: cannot allocate %d bytes for DMA", d.addr, size)
+		return 0, fmt.Errorf("vfio: %s: cannot allocate %d bytes for DMA", d.addr, size)
 	}
-	n := (size + page - 1) &^ (page - 1)
+	return (size + page - 1) &^ (page - 1), nil
+}
+
+// CheckMemlock reports whether DMA buffers of these sizes could all be
+// mapped now without passing RLIMIT_MEMLOCK. It maps nothing and counts as
+// Alloc does: each size rounded up to the IOMMU page, each byte twice
+// (mlock, then VFIO's pinning), on top of what the process has locked
+// already. A caller about to map several buffers calls it first with all of
+// them, so that a low limit fails before anything is half-built and the
+// error gives the total; each Alloc still checks its own buffer. The error
+// wraps ErrMemlock and names the bytes needed, the limit and how to raise
+// it.
+func (d *Device) CheckMemlock(sizes ...int) error {
+	var total uint64
+	for _, size := range sizes {
+		n, err := d.dmaSize(size)
+		if err != nil {
+			return err
+		}
+		if total > math.MaxInt64-uint64(n) {
+			return fmt.Errorf("vfio: %s: %d DMA buffers add up to more than %d bytes", d.addr, len(sizes), int64(math.MaxInt64))
+		}
+		total += uint64(n)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return d.errClosed()
+	}
+	ml, err := readMemlock(2 * d.pinned)
+	if err != nil {
+		return err
+	}
+	return ml.check(total)
+}
+
+func (d *Device) alloc(size int) (dma.Buffer, error) {
+	n, err := d.dmaSize(size)
+	if err != nil {
+		return dma.Buffer{}, err
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -36,7 +78,7 @@ func (d *Device) alloc(size int) (dma.Buffer, error) {
 	}
 	// Check the limit first, so the user gets numbers and a fix
 	// instead of an mlock or MAP_DMA failure.
-	ml, err := currentMemlock(2 * d.pinned)
+	ml, err := readMemlock(2 * d.pinned)
 	if err != nil {
 		return dma.Buffer{}, err
 	}

@@ -37,7 +37,9 @@
 // reports (never 0, page aligned, first fit), not from host addresses. The
 // kernel pins mapped pages and counts them against RLIMIT_MEMLOCK, and so
 // does mlock, so each buffer counts twice; Alloc checks the limit before
-// mapping anything.
+// mapping anything. CheckMemlock does the same check for several buffers
+// at once and maps nothing, so a caller about to map them (nvme.Open) can
+// fail before any is mapped, with the total in the message.
 //
 // All ioctl numbers and structs are in ioctl.go, with the kernel's names,
 // and every raw ioctl goes through one function there. The IRQ structures
@@ -62,9 +64,10 @@
 //     driver; the message lists the group's other devices and drivers.
 //   - ErrUnsupported: no type1v2 IOMMU, an unknown API version, or not a
 //     vfio-pci device.
-//   - ErrMemlock: RLIMIT_MEMLOCK is too low for the buffer; the message
-//     gives the current limit, the bytes needed and how to raise it
-//     (ulimit -l, LimitMEMLOCK= in systemd, or root with CAP_IPC_LOCK).
+//   - ErrMemlock: RLIMIT_MEMLOCK is too low for the buffer (or, from
+//     CheckMemlock, the buffers together); the message gives the current
+//     limit, the bytes needed and how to raise it (ulimit -l,
+//     LimitMEMLOCK= in systemd, or root with CAP_IPC_LOCK).
 //   - ErrNoReset: the device does not offer VFIO_DEVICE_RESET.
 //   - ErrClosed: the Device was closed.
 //

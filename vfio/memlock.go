@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 
@@ -16,6 +17,9 @@ type memlock struct {
 	locked uint64 // bytes already counted against it (VmLck)
 	capIPC bool   // CAP_IPC_LOCK in the effective set: the limit does not apply
 }
+
+// readMemlock is currentMemlock; tests replace it to fake a limit.
+var readMemlock = currentMemlock
 
 // currentMemlock reads the limit, what is locked already and whether the
 // process is exempt. If VmLck cannot be read, fallback (what this package
@@ -40,6 +44,9 @@ func (m memlock) check(add uint64) error {
 		return nil
 	}
 	need := m.locked + 2*add
+	if add > math.MaxUint64/2 || need < m.locked {
+		need = math.MaxUint64 // no limit is that high
+	}
 	if need <= m.limit {
 		return nil
 	}
@@ -52,7 +59,8 @@ func (m memlock) check(add uint64) error {
 	}
 }
 
-func kib(n uint64) uint64 { return (n + 1023) / 1024 }
+// kib is n in KiB, rounded up (without overflowing near 2^64).
+func kib(n uint64) uint64 { return n/1024 + min(n%1024, 1) }
 
 // vmLck returns the bytes this process has locked, from /proc/self/status.
 func vmLck() (uint64, bool) {

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -190,8 +191,9 @@ func runVerify(e *env, d *device, ns *nvme.Namespace, c *perfConfig) error {
 		d.name, ns.ID(), c.ioSize, c.depth, c.queues, elapsed.Seconds())
 	fmt.Fprintf(e.stdout, "verify: %d writes, %d reads, %d blocks checked, %d mismatches, %d I/O errors\n", writes, reads, verified, bad, errs)
 	k := d.ctrl.Counters()
-	fmt.Fprintf(e.stdout, "controller: %d timeouts, %d aborts, %d resets (%d failed), %d resubmitted, %d failed by a reset, %d bad CQEs\n",
-		k.Timeouts, k.Aborts, k.Resets, k.ResetFailures, k.Resubmitted, k.FailedByReset, k.BadCQEs[0]+k.BadCQEs[1]+k.BadCQEs[2]+k.BadCQEs[3])
+	fmt.Fprintf(e.stdout, "controller: %d timeouts, %d aborts, %d resets (%d failed), %d resubmitted, %d failed by a reset, %d bad CQEs, %s\n",
+		k.Timeouts, k.Aborts, k.Resets, k.ResetFailures, k.Resubmitted, k.FailedByReset, k.BadCQEs[0]+k.BadCQEs[1]+k.BadCQEs[2]+k.BadCQEs[3],
+		identifyAnomalies(k))
 	switch {
 	case bad > 0:
 		return fmt.Errorf("%s: verify found %d mismatches, the first: %v", d.name, bad, first)
@@ -201,6 +203,23 @@ func runVerify(e *env, d *device, ns *nvme.Namespace, c *perfConfig) error {
 		return fmt.Errorf("%s: verify checked no block in %.1f s", d.name, elapsed.Seconds())
 	}
 	return nil
+}
+
+// identifyAnomalies says how many implausible Identify fields the
+// controller sent and, if any, which: "0 Identify anomalies" or
+// "2 Identify anomalies (MDTS 1, NPSS 1)".
+func identifyAnomalies(k nvme.Counters) string {
+	s := fmt.Sprintf("%d Identify anomalies", k.IdentifyAnomalies())
+	var kinds []string
+	for i, n := range k.BadIdentify {
+		if n != 0 {
+			kinds = append(kinds, fmt.Sprintf("%v %d", nvme.IdentifyAnomaly(i), n))
+		}
+	}
+	if len(kinds) > 0 {
+		s += " (" + strings.Join(kinds, ", ") + ")"
+	}
+	return s
 }
 
 // prepareVerify picks the next I/O: a unit not in flight, a write if it

@@ -19,8 +19,9 @@ const (
 // bad is a model-detected error: not retryable.
 func bad(s Status) result { return result{status: s | StatusDNR} }
 
-// executeLocked runs one command and returns its result.
-func (c *Controller) executeLocked(cmd *Command) result {
+// executeLocked runs one command and returns its result. f is the fault
+// that matched it, or nil.
+func (c *Controller) executeLocked(cmd *Command, f *Fault) result {
 	if cmd.Flags&3 != 0 {
 		return bad(StatusInvalidField) // fused operations are not supported
 	}
@@ -29,7 +30,7 @@ func (c *Controller) executeLocked(cmd *Command) result {
 	}
 	switch cmd.Opcode {
 	case OpIdentify:
-		return c.identifyLocked(cmd)
+		return c.identifyLocked(cmd, f)
 	case OpSetFeatures:
 		return c.setFeatureLocked(cmd)
 	case OpGetFeatures:
@@ -78,7 +79,7 @@ func putString(b []byte, s string) {
 	copy(b, s)
 }
 
-func (c *Controller) identifyLocked(cmd *Command) result {
+func (c *Controller) identifyLocked(cmd *Command, f *Fault) result {
 	var b [4096]byte
 	switch cns := uint8(cmd.CDW10); cns {
 	case 0x00: // Identify Namespace
@@ -112,6 +113,9 @@ func (c *Controller) identifyLocked(cmd *Command) result {
 		b[20], b[21] = 4, 1
 	default:
 		return bad(StatusInvalidField)
+	}
+	if f != nil && f.Identify != nil {
+		f.Identify(b[:])
 	}
 	return c.toHostLocked(cmd, b[:])
 }

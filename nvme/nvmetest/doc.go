@@ -81,15 +81,16 @@
 // # Fault injection
 //
 // Inject adds a Fault: a Match function (MatchOpcode, MatchCommand,
-// MatchLBA, or your own over the decoded Command), Skip and Count to pick
-// the nth command, and effects: an error Status instead of executing, a
-// Delay or Hold (abortable), a dropped completion, a duplicate completion,
-// a completion with the wrong phase (never visible), an unknown command id
-// (0xFFFF), an out-of-range SQ head. FailLBA is a shortcut for media errors
-// at chosen LBAs. Controller-wide: SetFatal (CSTS.CFS), SetGone (registers
-// read all ones, as after surprise removal), Config.NeverReady and
-// Config.FailEnable. Stats counts commands by opcode, doorbell writes,
-// posted completions and errors.
+// MatchLBA, MatchIdentify, or your own over the decoded Command), Skip and
+// Count to pick the nth command, and effects: an error Status instead of
+// executing, a Delay or Hold (abortable), a dropped completion, a duplicate
+// completion, a completion with the wrong phase (never visible), an unknown
+// command id (0xFFFF), an out-of-range SQ head, Identify data edited before
+// it is sent (out-of-spec controller or namespace fields). FailLBA is a
+// shortcut for media errors at chosen LBAs. Controller-wide: SetFatal
+// (CSTS.CFS), SetGone (registers read all ones, as after surprise
+// removal), Config.NeverReady and Config.FailEnable. Stats counts commands
+// by opcode, doorbell writes, posted completions and errors.
 //
 // # Defaults
 //

@@ -47,6 +47,12 @@ type Fault struct {
 	// the last valid slot (for a 65536-entry queue every value is valid,
 	// so this has no effect there).
 	BadSQHead bool
+	// Identify edits the 4 KiB data an Identify command returns before it
+	// is sent to the host, to serve what a broken controller would (an
+	// MDTS of 200, a block size of 2^40 bytes...). The command still
+	// succeeds. It runs with the controller locked, like Match. Other
+	// commands ignore it.
+	Identify func(data []byte)
 
 	seen, hits atomic.Int64
 }
@@ -62,6 +68,13 @@ func MatchOpcode(admin bool, op uint8) func(*Command) bool {
 // MatchCommand matches the command with id cid on submission queue sqid.
 func MatchCommand(sqid, cid uint16) func(*Command) bool {
 	return func(c *Command) bool { return c.SQID == sqid && c.CID == cid }
+}
+
+// MatchIdentify matches Identify commands for data structure cns (CDW10
+// bits 7:0: 0 namespace, 1 controller, 2 active namespace list, 3
+// namespace identification descriptors).
+func MatchIdentify(cns uint8) func(*Command) bool {
+	return func(c *Command) bool { return c.SQID == 0 && c.Opcode == OpIdentify && uint8(c.CDW10) == cns }
 }
 
 // MatchLBA matches I/O commands on namespace nsid whose block range

@@ -183,3 +183,22 @@ func TestFaultMatchCommand(t *testing.T) {
 		t.Errorf("Stats.Errors = %d, want 1", s.Errors)
 	}
 }
+
+// Fault.Identify edits the data of the Identify commands its Match picks,
+// and only theirs; the command still succeeds.
+func TestFaultIdentify(t *testing.T) {
+	h := newHost(t, Config{Inline: true})
+	f := h.c.Inject(&Fault{Match: MatchIdentify(0x01), Count: 1, Identify: func(b []byte) { b[77] = 200 }})
+	if ns := h.identify(0x00, 1); ns[77] == 200 {
+		t.Error("Identify Namespace was edited by a fault matching Identify Controller")
+	}
+	if id := h.identify(0x01, 0); id[77] != 200 {
+		t.Errorf("Identify Controller MDTS %d, want the fault's 200", id[77])
+	}
+	if id := h.identify(0x01, 0); id[77] != DefaultMDTS {
+		t.Errorf("after the fault's one hit: MDTS %d, want %d", id[77], DefaultMDTS)
+	}
+	if f.Hits() != 1 {
+		t.Errorf("fault hit %d commands, want 1", f.Hits())
+	}
+}

@@ -229,7 +229,7 @@ func (c *Controller) completeLocked(cmd *Command, sqhd uint16, f *Fault) {
 			r.lba = cmd.SLBA()
 		}
 	} else {
-		r = c.executeLocked(cmd)
+		r = c.executeLocked(cmd, f)
 	}
 	c.finishLocked(cmd, sqhd, f, r)
 }
