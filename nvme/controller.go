@@ -187,7 +187,7 @@ func (c *Controller) bringUp() error {
 	if err != nil {
 		return err
 	}
-	if err := c.checkMemlock("the admin queue first", adminBufs); err != nil {
+	if err := c.checkMemlock("Open maps the admin queue first", adminBufs); err != nil {
 		return err
 	}
 
@@ -255,7 +255,7 @@ func (c *Controller) bringUp() error {
 	}
 	rest, _ := c.shadowDoorbellPlan()
 	rest = append(rest, dmaBuf{fmt.Sprintf("synchronous API bounce buffers (%d x %d bytes)", nbounce, bounce), nbounce * bounce})
-	if err := c.checkMemlock("the rest of its DMA memory once Identify has sized it", rest); err != nil {
+	if err := c.checkMemlock("Open maps the rest of its DMA memory once Identify has sized it", rest); err != nil {
 		return err
 	}
 
@@ -287,7 +287,7 @@ func (c *Controller) checkMemlock(what string, bufs []dmaBuf) error {
 		parts[i] = fmt.Sprintf("%s: %d bytes", b.what, b.size)
 	}
 	if err := mc.CheckMemlock(sizes...); err != nil {
-		return fmt.Errorf("nvme: Open maps %s (%s): %w", what, strings.Join(parts, ", "), err)
+		return fmt.Errorf("nvme: %s (%s): %w", what, strings.Join(parts, ", "), err)
 	}
 	return nil
 }

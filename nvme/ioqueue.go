@@ -168,17 +168,25 @@ func (c *Controller) releaseQID(qid uint16) {
 func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	c := q.c
 	a := c.dev.DMA()
+	// Room for the largest transfer starting at the worst offset in its
+	// first page.
+	if !c.useSGL {
+		q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
+	}
+	// All three buffers against RLIMIT_MEMLOCK before the first is mapped.
+	bufs := []dmaBuf{{"SQ", depth * queue.SQESize}, {"CQ", depth * queue.CQESize}}
+	if q.listPages > 0 {
+		bufs = append(bufs, dmaBuf{"PRP lists", (depth - 1) * q.listPages * PageSize})
+	}
+	if err := c.checkMemlock(fmt.Sprintf("queue pair %d of depth %d maps", q.id, depth), bufs); err != nil {
+		return err
+	}
 	var err error
 	if q.sq, err = a.Alloc(depth * queue.SQESize); err != nil {
 		return fmt.Errorf("nvme: allocating SQ %d: %w", q.id, err)
 	}
 	if q.cq, err = a.Alloc(depth * queue.CQESize); err != nil {
 		return fmt.Errorf("nvme: allocating CQ %d: %w", q.id, err)
-	}
-	// Room for the largest transfer starting at the worst offset in its
-	// first page.
-	if !c.useSGL {
-		q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
 	}
 	if q.listPages > 0 {
 		if q.prp, err = a.Alloc((depth - 1) * q.listPages * PageSize); err != nil {

@@ -222,3 +222,30 @@ func TestOpenWithoutMemlockChecker(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A queue pair checks its SQ, CQ and PRP list pages together before it maps
+// any of them: under a limit Open fits in but the pair does not, creating it
+// fails with the sizes and vfio.ErrMemlock and maps nothing more.
+func TestQueuePairMemlockUpFront(t *testing.T) {
+	ld := newLimitDev(nvmetest.NewController(t, nvmetest.Config{}), 1<<40)
+	c, err := Open(ld, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ld.limit = ld.mem.mapped() + 8192 // two more pages: less than a depth-256 pair needs
+	before := ld.mem.mapped()
+	_, err = c.NewQueuePairWith(QueueOptions{Depth: 256, Mode: ModePoll})
+	if !errors.Is(err, vfio.ErrMemlock) || !strings.Contains(err.Error(), "queue pair") || !strings.Contains(err.Error(), "SQ: 16384 bytes") {
+		t.Fatalf("NewQueuePairWith under a low limit: %v, want vfio.ErrMemlock naming the pair and its buffer sizes", err)
+	}
+	if after := ld.mem.mapped(); after != before {
+		t.Errorf("the refused queue pair left %d bytes mapped", after-before)
+	}
+	ld.limit = 1 << 40
+	qp, err := c.NewQueuePairWith(QueueOptions{Depth: 256, Mode: ModePoll})
+	if err != nil {
+		t.Fatalf("after raising the limit: %v", err)
+	}
+	qp.Close()
+}
