@@ -153,9 +153,10 @@ type Controller struct {
 // pages and the synchronous API's bounce buffers depend on Identify (MDTS,
 // OACS) and on the queues granted, which need the admin queue. So it checks
 // twice: the admin queue before it touches the controller, then the rest
-// once those answers are in and before any of it is mapped. I/O queue pairs
-// (NewQueuePair, and the synchronous API's, made on first use) and pools
-// (NewPool) are mapped later and each allocation checks its own buffer.
+// once those answers are in and before any of it is mapped. An I/O queue
+// pair (NewQueuePair, and the synchronous API's, made on first use) checks
+// its SQ, CQ and PRP pages together before mapping them; a pool (NewPool)
+// is one allocation, checked by itself.
 func Open(dev Device, opts *Options) (*Controller, error) {
 	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}, opened: time.Now()}
 	if err := c.bringUp(); err != nil {
