@@ -173,23 +173,24 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	if !c.useSGL {
 		q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
 	}
+	sqSize, cqSize, prpSize := depth*queue.SQESize, depth*queue.CQESize, (depth-1)*q.listPages*PageSize
 	// All three buffers against RLIMIT_MEMLOCK before the first is mapped.
-	bufs := []dmaBuf{{"SQ", depth * queue.SQESize}, {"CQ", depth * queue.CQESize}}
-	if q.listPages > 0 {
-		bufs = append(bufs, dmaBuf{"PRP lists", (depth - 1) * q.listPages * PageSize})
+	bufs := []dmaBuf{{"SQ", sqSize}, {"CQ", cqSize}}
+	if prpSize > 0 {
+		bufs = append(bufs, dmaBuf{"PRP lists", prpSize})
 	}
 	if err := c.checkMemlock(fmt.Sprintf("queue pair %d of depth %d maps", q.id, depth), bufs); err != nil {
 		return err
 	}
 	var err error
-	if q.sq, err = a.Alloc(depth * queue.SQESize); err != nil {
+	if q.sq, err = a.Alloc(sqSize); err != nil {
 		return fmt.Errorf("nvme: allocating SQ %d: %w", q.id, err)
 	}
-	if q.cq, err = a.Alloc(depth * queue.CQESize); err != nil {
+	if q.cq, err = a.Alloc(cqSize); err != nil {
 		return fmt.Errorf("nvme: allocating CQ %d: %w", q.id, err)
 	}
-	if q.listPages > 0 {
-		if q.prp, err = a.Alloc((depth - 1) * q.listPages * PageSize); err != nil {
+	if prpSize > 0 {
+		if q.prp, err = a.Alloc(prpSize); err != nil {
 			return fmt.Errorf("nvme: allocating PRP lists for queue %d: %w", q.id, err)
 		}
 	}

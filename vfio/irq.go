@@ -114,7 +114,8 @@ func (d *Device) Interrupt(v int) (*Interrupt, error) {
 	irq := &Interrupt{d: d, vector: v, fd: efd}
 	// The kernel unmasked the vector when it attached the eventfd; remember
 	// the rest of its Vector Control word so Mask and Unmask preserve it.
-	if irq.ctl, irq.ctlErr = d.msixControlLocked(v); irq.ctl != nil {
+	if ctl, err := d.msixControlLocked(v); err == nil {
+		irq.ctl = ctl
 		irq.ctl0 = mmio.Load32(irq.ctl) &^ 1
 	}
 	d.msix[v] = irq
@@ -149,9 +150,8 @@ type Interrupt struct {
 	count  atomic.Uint64 // signals read from the counter so far
 	closed atomic.Bool
 
-	ctl    *uint32 // the entry's Vector Control word in the mapped BAR (msix.go); nil if unmapped
-	ctl0   uint32  // its value with the mask bit clear
-	ctlErr error   // why ctl is nil
+	ctl  *uint32 // the entry's Vector Control word in the mapped BAR (msix.go); nil if unmapped
+	ctl0 uint32  // its value with the mask bit clear
 }
 
 // Vector is the MSI-X vector number.

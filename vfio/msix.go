@@ -72,7 +72,7 @@ func (d *Device) msixControlLocked(v int) (*uint32, error) {
 // the device sets its pending bit instead and signals once on Unmask. A
 // reaper that is polling masks its vector, so a completion it is about to
 // find costs no interrupt. One uncached store; a no-op when the table
-// could not be mapped (Maskable is false) or after Close.
+// could not be mapped or after Close.
 func (i *Interrupt) Mask() {
 	if i.ctl != nil && !i.closed.Load() {
 		mmio.Store32(i.ctl, i.ctl0|1)
@@ -85,7 +85,3 @@ func (i *Interrupt) Unmask() {
 		mmio.Store32(i.ctl, i.ctl0&^1)
 	}
 }
-
-// Maskable reports whether Mask and Unmask reach the device's MSI-X table
-// (it is in a BAR VFIO lets us map), and if not, why.
-func (i *Interrupt) Maskable() (bool, error) { return i.ctl != nil, i.ctlErr }
