@@ -129,7 +129,8 @@ func TestShadowDoorbellsNotOffered(t *testing.T) {
 	if err := qp.exec(context.Background(), &Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: buf}); err != nil {
 		t.Fatal(err)
 	}
-	if db := qp.Doorbells(); db.Shadow || db.SQ.MMIOWrites != 1 || db.CQ.MMIOWrites != 1 {
-		t.Errorf("one read without shadow doorbells: %+v, want one SQ and one CQ MMIO write", db)
+	// The CQ head is not written yet: the CQ's slack covers one reaped entry.
+	if db := qp.Doorbells(); db.Shadow || db.SQ.MMIOWrites != 1 || db.CQ.MMIOWrites != 0 {
+		t.Errorf("one read without shadow doorbells: %+v, want one SQ MMIO write and no CQ write", db)
 	}
 }

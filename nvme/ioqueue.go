@@ -123,8 +123,15 @@ func (c *Controller) NewQueuePair(depth int) (*QueuePair, error) {
 // QueueOptions).
 func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
 	depth := o.Depth
-	if max := c.cap.MaxQueueEntries(); depth < 2 || depth > max {
-		return nil, fmt.Errorf("nvme: %w: queue depth %d is outside 2..%d (CAP.MQES+1)", ErrInvalidArgument, depth, max)
+	limit := c.cap.MaxQueueEntries()
+	if depth < 2 || depth > limit {
+		return nil, fmt.Errorf("nvme: %w: queue depth %d is outside 2..%d (CAP.MQES+1)", ErrInvalidArgument, depth, limit)
+	}
+	switch {
+	case o.CQDepth == 0:
+		o.CQDepth = defaultCQDepth(depth, limit)
+	case o.CQDepth < depth || o.CQDepth > limit:
+		return nil, fmt.Errorf("nvme: %w: CQ depth %d is outside %d..%d (the SQ depth to CAP.MQES+1)", ErrInvalidArgument, o.CQDepth, depth, limit)
 	}
 	qid, err := c.takeQID()
 	if err != nil {
@@ -140,6 +147,13 @@ func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
 	c.pairs[q] = struct{}{}
 	c.qpMu.Unlock()
 	return q, nil
+}
+
+// defaultCQDepth is QueueOptions.CQDepth's default for an SQ of depth
+// entries: twice that, at least a page of entries (4096/16 = 256, memory a
+// smaller CQ would leave unused), and no more than limit (CAP.MQES+1).
+func defaultCQDepth(depth, limit int) int {
+	return min(limit, max(2*depth, PageSize/queue.CQESize))
 }
 
 func (c *Controller) takeQID() (uint16, error) {
@@ -173,7 +187,7 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	if !c.useSGL {
 		q.listPages = prpListPages(PageSize-4, c.maxTransfer, PageSize)
 	}
-	sqSize, cqSize, prpSize := depth*queue.SQESize, depth*queue.CQESize, (depth-1)*q.listPages*PageSize
+	sqSize, cqSize, prpSize := depth*queue.SQESize, o.CQDepth*queue.CQESize, (depth-1)*q.listPages*PageSize
 	// All three buffers against RLIMIT_MEMLOCK before the first is mapped.
 	bufs := []dmaBuf{{"SQ", sqSize}, {"CQ", cqSize}}
 	if prpSize > 0 {
@@ -204,7 +218,7 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	}
 	sqdb, cqdb = q.shadowDoorbells(sqdb, cqdb)
 	q.pair, err = queue.New(queue.Config{
-		ID: q.id, Depth: depth, SQ: q.sq, CQ: q.cq, PageSize: PageSize, SQTail: sqdb, CQHead: cqdb,
+		ID: q.id, Depth: depth, CQDepth: o.CQDepth, SQ: q.sq, CQ: q.cq, PageSize: PageSize, SQTail: sqdb, CQHead: cqdb,
 	})
 	if err != nil {
 		return fmt.Errorf("nvme: %w", err)

@@ -62,9 +62,17 @@ func ParseCompletionMode(s string) (CompletionMode, error) {
 
 // QueueOptions configures NewQueuePairWith.
 type QueueOptions struct {
-	// Depth is the number of entries of the SQ and the CQ (2 to
-	// CAP.MQES+1); Depth-1 commands can be outstanding.
+	// Depth is the number of SQ entries (2 to CAP.MQES+1); Depth-1
+	// commands can be outstanding.
 	Depth int
+	// CQDepth is the number of CQ entries, Depth to CAP.MQES+1. 0 picks
+	// twice Depth, at least one page (256 entries), within CAP.MQES+1. The
+	// entries beyond Depth let the CQ head doorbell be written once per
+	// CQDepth-Depth+1 completions instead of once per reap (see
+	// queue.Pair.UpdateHead): one MMIO write, a trap into the hypervisor
+	// under emulation, saved per I/O at queue depth 1. CQDepth == Depth
+	// writes it on every reap that found completions.
+	CQDepth int
 	// Mode is how Poll waits (default: ModeDefault).
 	Mode CompletionMode
 	// WindowStart and WindowMax bound ModeAdaptive's poll window
@@ -131,7 +139,7 @@ func (q *QueuePair) setupRing(o QueueOptions) error {
 // vector when its mode blocks. Controller recovery must use it too, so a
 // re-created CQ interrupts as before.
 func (q *QueuePair) createCQ(ctx context.Context) error {
-	depth := q.pair.Depth()
+	depth := q.pair.CQDepth()
 	if q.irq == nil {
 		return q.c.createIOCQ(ctx, q.id, depth, q.cq.IOVA)
 	}

@@ -33,12 +33,13 @@ func mapDMA(tb testing.TB, n int, iova uint64) dma.Buffer {
 // doorbell. With auto set it does so inside the SQ doorbell write, which
 // makes a zero-work device for benchmarks.
 type fakeController struct {
-	tb     testing.TB
-	sq, cq []byte
-	depth  uint32
-	qid    uint16
-	auto   bool
-	status uint16 // Status of the CQEs it posts
+	tb      testing.TB
+	sq, cq  []byte
+	depth   uint32 // SQ entries
+	cqDepth uint32 // CQ entries
+	qid     uint16
+	auto    bool
+	status  uint16 // Status of the CQEs it posts
 
 	sqHead, sqTail uint32
 	cqTail, cqHead uint32
@@ -49,9 +50,13 @@ type fakeController struct {
 }
 
 func newFakeController(tb testing.TB, cfg Config) *fakeController {
+	cqDepth := cfg.CQDepth
+	if cqDepth == 0 {
+		cqDepth = cfg.Depth
+	}
 	return &fakeController{
 		tb: tb, sq: cfg.SQ.Bytes, cq: cfg.CQ.Bytes,
-		depth: uint32(cfg.Depth), qid: cfg.ID, phase: true,
+		depth: uint32(cfg.Depth), cqDepth: uint32(cqDepth), qid: cfg.ID, phase: true,
 	}
 }
 
@@ -68,8 +73,8 @@ func (f *fakeController) ringSQ(v uint32) {
 
 func (f *fakeController) ringCQ(v uint32) {
 	f.cqRings++
-	if v >= f.depth {
-		f.tb.Fatalf("CQ head doorbell %d, depth %d", v, f.depth)
+	if v >= f.cqDepth {
+		f.tb.Fatalf("CQ head doorbell %d, depth %d", v, f.cqDepth)
 	}
 	f.cqHead = v
 }
@@ -87,7 +92,7 @@ func (f *fakeController) fetch() (uint16, bool) {
 // post writes c at the CQ tail with the current phase. A full CQ is a test
 // bug: the host must ring the head doorbell in time.
 func (f *fakeController) post(c Completion) {
-	next := (f.cqTail + 1) % f.depth
+	next := (f.cqTail + 1) % f.cqDepth
 	if next == f.cqHead {
 		f.tb.Fatalf("CQ full: tail %d, head %d", f.cqTail, f.cqHead)
 	}
@@ -103,7 +108,7 @@ func (f *fakeController) post(c Completion) {
 func (f *fakeController) postRaw(b []byte) {
 	off := f.cqTail * CQESize
 	copy(f.cq[off:off+CQESize], b)
-	f.cqTail = (f.cqTail + 1) % f.depth
+	f.cqTail = (f.cqTail + 1) % f.cqDepth
 	if f.cqTail == 0 {
 		f.phase = !f.phase
 	}
@@ -124,13 +129,19 @@ func (f *fakeController) process(n int) int {
 
 // testPair is a Pair wired to a fakeController over MapHost memory.
 func testPair(tb testing.TB, id uint16, depth int) (*Pair, *fakeController, Config) {
+	return testPairCQ(tb, id, depth, depth)
+}
+
+// testPairCQ is testPair with a CQ of cqDepth entries.
+func testPairCQ(tb testing.TB, id uint16, depth, cqDepth int) (*Pair, *fakeController, Config) {
 	tb.Helper()
 	cfg := Config{
-		ID:    id,
-		Depth: depth,
-		SQ:    mapDMA(tb, depth*SQESize, fakeIOVA),
-		CQ:    mapDMA(tb, depth*CQESize, fakeIOVA+0x100000),
-		PRP:   mapDMA(tb, (depth-1)*4096, fakeIOVA+0x200000),
+		ID:      id,
+		Depth:   depth,
+		CQDepth: cqDepth,
+		SQ:      mapDMA(tb, depth*SQESize, fakeIOVA),
+		CQ:      mapDMA(tb, cqDepth*CQESize, fakeIOVA+0x100000),
+		PRP:     mapDMA(tb, (depth-1)*4096, fakeIOVA+0x200000),
 	}
 	f := newFakeController(tb, cfg)
 	cfg.SQTail = DoorbellFunc(f.ringSQ)

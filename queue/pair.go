@@ -26,10 +26,18 @@ var ErrFull = errors.New("queue: all command slots are in use")
 type Config struct {
 	// ID is the queue identifier; 0 is the admin queue.
 	ID uint16
-	// Depth is the number of entries in each ring, MinDepth..MaxDepth.
+	// Depth is the number of entries in the SQ, MinDepth..MaxDepth.
 	// Depth-1 commands can be outstanding at once.
 	Depth int
-	// SQ and CQ are the rings: at least Depth*SQESize and Depth*CQESize
+	// CQDepth is the number of entries in the CQ, Depth..MaxDepth; 0 means
+	// Depth. The entries beyond Depth are slack: the controller can post a
+	// completion for every command that can be outstanding while its view
+	// of the CQ head lags the host's by up to CQDepth-Depth entries, so
+	// UpdateHead writes the doorbell only once that many have been reaped
+	// since the last write. With CQDepth == Depth it writes on every call
+	// that moved the head.
+	CQDepth int
+	// SQ and CQ are the rings: at least Depth*SQESize and CQDepth*CQESize
 	// bytes. New zeroes the CQ, so stale phase tags cannot look new.
 	SQ, CQ dma.Buffer
 	// PRP holds one PRP-list page per slot, (Depth-1)*PageSize bytes. It may
@@ -59,10 +67,12 @@ const (
 // A Pair is not safe for concurrent use: the caller serialises all calls
 // (for example one lock per queue, or one goroutine per queue).
 type Pair struct {
-	sq    unsafe.Pointer // ring bases in DMA memory
-	cq    unsafe.Pointer
-	depth uint32
-	id    uint16
+	sq      unsafe.Pointer // ring bases in DMA memory
+	cq      unsafe.Pointer
+	depth   uint32 // SQ entries
+	cqDepth uint32 // CQ entries, >= depth
+	slack   uint32 // cqDepth - depth: CQEs that may be reaped before the head must be rung
+	id      uint16
 
 	tail, rungTail uint32 // local SQ tail, last value written to the doorbell
 	head, rungHead uint32 // local CQ head, last value written to the doorbell
@@ -88,8 +98,15 @@ func New(cfg Config) (*Pair, error) {
 	if n := cfg.Depth * SQESize; cfg.SQ.Len() < n {
 		return nil, fmt.Errorf("queue %d: SQ ring is %d bytes, depth %d needs %d", cfg.ID, cfg.SQ.Len(), cfg.Depth, n)
 	}
-	if n := cfg.Depth * CQESize; cfg.CQ.Len() < n {
-		return nil, fmt.Errorf("queue %d: CQ ring is %d bytes, depth %d needs %d", cfg.ID, cfg.CQ.Len(), cfg.Depth, n)
+	cqDepth := cfg.CQDepth
+	if cqDepth == 0 {
+		cqDepth = cfg.Depth
+	}
+	if cqDepth < cfg.Depth || cqDepth > MaxDepth {
+		return nil, fmt.Errorf("queue %d: CQ depth %d is outside %d..%d (the SQ depth up to the limit)", cfg.ID, cqDepth, cfg.Depth, MaxDepth)
+	}
+	if n := cqDepth * CQESize; cfg.CQ.Len() < n {
+		return nil, fmt.Errorf("queue %d: CQ ring is %d bytes, depth %d needs %d", cfg.ID, cfg.CQ.Len(), cqDepth, n)
 	}
 	// The CQE status word is read atomically and the SQE is copied as a
 	// struct: both rings must be aligned to their entry size.
@@ -114,11 +131,13 @@ func New(cfg Config) (*Pair, error) {
 		return nil, fmt.Errorf("queue %d: PRP area is %d bytes, %d slots of %d-byte pages need %d", cfg.ID, cfg.PRP.Len(), slots, page, slots*page)
 	}
 
-	clear(cfg.CQ.Bytes[:cfg.Depth*CQESize])
+	clear(cfg.CQ.Bytes[:cqDepth*CQESize])
 	p := &Pair{
 		sq:       cfg.SQ.Ptr(),
 		cq:       cfg.CQ.Ptr(),
 		depth:    uint32(cfg.Depth),
+		cqDepth:  uint32(cqDepth),
+		slack:    uint32(cqDepth - cfg.Depth),
 		id:       cfg.ID,
 		phase:    phaseBit, // the controller's first lap writes phase 1
 		state:    make([]uint8, slots),
@@ -139,8 +158,11 @@ func New(cfg Config) (*Pair, error) {
 // ID returns the queue identifier.
 func (p *Pair) ID() uint16 { return p.id }
 
-// Depth returns the number of entries per ring.
+// Depth returns the number of SQ entries.
 func (p *Pair) Depth() int { return int(p.depth) }
+
+// CQDepth returns the number of CQ entries.
+func (p *Pair) CQDepth() int { return int(p.cqDepth) }
 
 // Slots returns the number of command slots, Depth-1.
 func (p *Pair) Slots() int { return len(p.state) }
@@ -242,7 +264,7 @@ func (p *Pair) Next() (c Completion, ok bool, err error) {
 	}
 	c = decode(w[0], w[1], w[2], dw3)
 	p.head++
-	if p.head == p.depth {
+	if p.head == p.cqDepth {
 		p.head = 0
 		p.phase ^= phaseBit
 	}
@@ -267,11 +289,22 @@ func (p *Pair) Next() (c Completion, ok bool, err error) {
 	return Completion{}, false, &CQEError{Kind: kind, QID: p.id, Depth: int(p.depth), CQE: c}
 }
 
-// UpdateHead writes the CQ head doorbell if the head moved since the last
-// write, and reports whether it wrote. Call it at least once per Depth-1
-// CQEs reaped, or the controller sees a full CQ.
+// UpdateHead writes the CQ head doorbell if more CQEs were reaped since the
+// last write than the CQ's slack (CQDepth-Depth) covers, and reports
+// whether it wrote. Call it after every batch of Next: it is what keeps the
+// controller from seeing a full CQ.
+//
+// Why waiting is safe: the controller counts as occupied every entry from
+// the head it was last told to its tail. Those are the reaped-but-unrung
+// entries plus at most Depth-1 completions (one per slot), so while at
+// most CQDepth-Depth are unrung it always has room to post. Without slack
+// (CQDepth == Depth) every call that moved the head writes.
 func (p *Pair) UpdateHead() bool {
-	if p.head == p.rungHead {
+	unrung := p.head - p.rungHead
+	if p.head < p.rungHead {
+		unrung += p.cqDepth
+	}
+	if unrung == 0 || unrung <= p.slack {
 		return false
 	}
 	p.cqHead.Ring(p.head)
@@ -369,7 +402,7 @@ func (e *CQEError) Error() string {
 // every slot free. Commands that were posted are forgotten; the caller
 // owns re-posting or failing them. Stats keep counting.
 func (p *Pair) Reset() {
-	clear(unsafe.Slice((*byte)(p.cq), int(p.depth)*CQESize))
+	clear(unsafe.Slice((*byte)(p.cq), int(p.cqDepth)*CQESize))
 	p.tail, p.rungTail, p.head, p.rungHead = 0, 0, 0, 0
 	p.phase = phaseBit
 	p.posted = 0

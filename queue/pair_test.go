@@ -320,6 +320,49 @@ func TestDoorbellsOncePerBatch(t *testing.T) {
 	}
 }
 
+// TestUpdateHeadSlack: with a CQ of 8 entries behind an SQ of 4 (slack 4),
+// UpdateHead writes the head only once more than 4 reaped entries are
+// unwritten, across CQ laps, and the controller never finds the CQ full
+// (the fake controller fails the test if it does).
+func TestUpdateHeadSlack(t *testing.T) {
+	p, f, _ := testPairCQ(t, 1, 4, 8)
+	if p.CQDepth() != 8 || p.Depth() != 4 {
+		t.Fatalf("depths SQ %d CQ %d, want 4 and 8", p.Depth(), p.CQDepth())
+	}
+	reaped := 0
+	for round := 0; round < 40; round++ {
+		n := 1 + round%3 // batches of 1, 2 and 3 commands: the slots
+		for i := 0; i < n; i++ {
+			submit(t, p)
+		}
+		p.UpdateTail()
+		f.process(-1)
+		for {
+			c, ok, err := p.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			p.Release(c.CID)
+			reaped++
+		}
+		wrote := p.UpdateHead()
+		lag := (p.head + 8 - f.cqHead) % 8 // reaped entries the controller was not told of
+		switch {
+		case wrote && lag != 0:
+			t.Fatalf("round %d: UpdateHead wrote, but the controller's head %d lags the host's %d", round, f.cqHead, p.head)
+		case !wrote && lag > 4:
+			t.Fatalf("round %d: %d reaped entries unwritten, more than the slack of 4", round, lag)
+		}
+	}
+	// Written each time more than 4 are unwritten: every 5 to 7 entries.
+	if f.cqRings < reaped/7 || f.cqRings > reaped/5 {
+		t.Errorf("%d reaped entries: %d CQ head writes, want %d..%d", reaped, f.cqRings, reaped/7, reaped/5)
+	}
+}
+
 func TestNewRejects(t *testing.T) {
 	ring := func(n int) dma.Buffer { return mapDMA(t, n, fakeIOVA) }
 	db := DoorbellFunc(func(uint32) {})

@@ -570,6 +570,10 @@ type Stats struct {
 	SQDoorbellWrites, CQDoorbellWrites, InvalidDoorbellWrites uint64
 	// CQEsPosted counts completion entries written, duplicates included.
 	CQEsPosted uint64
+	// CQFull counts the times the controller had a completion to post, or
+	// a command to fetch, and found the CQ full: the host let its head
+	// doorbell lag too far.
+	CQFull uint64
 	// Errors counts completions with a non-zero status.
 	Errors uint64
 	// DMAFaults counts accesses to unmapped IOVAs (see Memory).

@@ -144,6 +144,7 @@ func (c *Controller) runLocked() {
 				}
 				cq := c.cqs[sq.cqid]
 				if cq.free() <= len(cq.backlog) {
+					c.stats.CQFull++
 					break // wait for the host to consume completions
 				}
 				c.fetchLocked(sq)
@@ -297,6 +298,9 @@ func (c *Controller) drainLocked(cq *compQueue) bool {
 	// Keep the rest at the front, reusing the array: no allocation per
 	// command in the steady state.
 	cq.backlog = append(cq.backlog[:0], cq.backlog[n:]...)
+	if len(cq.backlog) > 0 {
+		c.stats.CQFull++
+	}
 	if n > 0 {
 		c.interruptLocked(cq) // after the entries are visible, as MSI-X
 	}
