@@ -43,6 +43,9 @@ type perfConfig struct {
 	cpu    time.Duration // measured: process user+system CPU time over the run (pace.go)
 	window time.Duration // --window-max: adaptive poll window cap (0: the library's)
 
+	cpuSpec string // --cpus as given: a CPU list, "any", or "" for the default
+	cpus    []int  // the CPUs the run was confined to; nil: anywhere (cpus.go)
+
 	offset, size int64  // the byte range I/O goes to (fio's offset= and size=); size 0: to the end
 	first, span  uint64 // the same in blocks, resolved against the namespace
 }
@@ -68,6 +71,7 @@ func cmdPerf(e *env, args []string) error {
 		c.size, err = parseSize(s)
 		return err
 	})
+	fs.StringVar(&c.cpuSpec, "cpus", "", "run on these `CPUS` (a list: 0,2-3), or \"any\" to leave it to the OS; default: one CPU per queue pair, the first the process may use (SPDK perf's -c, fio's cpus_allowed); with sim, any")
 	fs.BoolVar(&c.noShadow, "no-shadow", false, "write every doorbell to MMIO even if the controller offers shadow doorbells")
 	fs.BoolVar(&c.verify, "verify", false, "write blocks carrying their LBA, a sequence number and a checksum and check every read (--mix: reads %); fails on any mismatch")
 	fs.StringVar(&c.ackLog, "ack-log", "", "with --verify, append each acknowledged write (\"lba blocks seq\") to `FILE`")
@@ -186,6 +190,22 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	}
 	if c.verify {
 		return runVerify(e, d, ns, c)
+	}
+
+	// The sim's controller runs in this process: confining it with the
+	// pollers would starve it, so it gets a placement only when asked.
+	if d.sim && c.cpuSpec == "" {
+		c.cpuSpec = "any"
+	}
+	if c.cpus, err = chooseCPUs(c.cpuSpec, c.queues); err != nil {
+		return usagef("%v", err)
+	}
+	if c.cpus != nil {
+		restore, err := confine(c.cpus)
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.name, err)
+		}
+		defer restore()
 	}
 
 	workers := make([]*perfWorker, c.queues)
@@ -493,6 +513,7 @@ type perfJSON struct {
 	Queues     int           `json:"queues"`
 	Seconds    float64       `json:"seconds"`
 	Mode       string        `json:"mode"`
+	CPUs       string        `json:"cpus"` // the CPUs perf ran on (a list), or "any"
 	Rate       float64       `json:"rate,omitempty"`
 	CPUPct     float64       `json:"cpu_pct"`       // user+system over wall time, % of one core
 	CPUPerIO   float64       `json:"cpu_us_per_io"` // CPU µs per completed I/O
@@ -546,6 +567,10 @@ func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWor
 	}
 	r.Total = jobJSON(0, &total, reads, writes, errs, elapsed, c.ioSize, c.hist)
 	r.Mode, r.Rate, r.CPUPct = c.mode.String(), c.rate, cpuPct(c.cpu, elapsed)
+	r.CPUs = "any"
+	if c.cpus != nil {
+		r.CPUs = formatCPUList(c.cpus)
+	}
 	if total.n > 0 {
 		r.CPUPerIO = us(float64(c.cpu) / float64(total.n))
 	}
@@ -560,8 +585,8 @@ func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, work
 	if r.ReadPct != nil {
 		mix = fmt.Sprintf(" (%d%% reads)", *r.ReadPct)
 	}
-	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d, %d queue pair(s), %.2f s\n\n",
-		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, c.queues, elapsed.Seconds())
+	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d, %d queue pair(s), CPUs %s, %.2f s\n\n",
+		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, c.queues, r.CPUs, elapsed.Seconds())
 	fmt.Fprintf(out, "%-10s %12s %10s %10s %10s %10s %10s %10s %10s\n", "", "IOPS", "MiB/s", "min", "avg", "p50", "p99", "p99.9", "max")
 	row := func(name string, j perfJobJSON) {
 		l := j.Latency
