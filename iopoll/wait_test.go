@@ -392,8 +392,11 @@ func TestAdaptiveMasksWhilePolling(t *testing.T) {
 			t.Fatalf("after Poll %d the interrupt is unmasked", i)
 		}
 	}
-	if sent := d.irq.sent.Load(); sent != 0 {
-		t.Errorf("200 completions found by polling sent %d interrupts, want 0 (masked)", sent)
+	// Only a block unmasks. Normally the ring never blocks here (three
+	// polls fit in its window), but a loaded machine can deschedule it past
+	// the window: each block may then take one interrupt, no more.
+	if sent, blocks := d.irq.sent.Load(), r.WaitStats().Blocks; sent > blocks {
+		t.Errorf("200 completions, %d blocking waits: %d interrupts sent, want at most one per block (masked while polling)", blocks, sent)
 	}
 
 	// A slow completion makes the ring block: it must unmask to be woken.

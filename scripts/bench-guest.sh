@@ -40,29 +40,39 @@ to_kernel() {
 
 to_nvmepoll() { nvmectl bind "$dev" >/dev/null; }
 
-# kernel_run MODE RW QD JOBS REP: one fio run; MODE polled (hipri=1) or irq (hipri=0).
+# kernel_run MODE RW QD JOBS REP [CPUS]: one fio run; MODE polled (hipri=1) or irq (hipri=0);
+# with CPUS, fio runs there (cpus_allowed), as nvmectl perf does by default.
 kernel_run() {
 	hipri=0
 	[ "$1" = polled ] && hipri=1
+	driver=kernel-$1 pin=""
+	if [ -n "${6:-}" ]; then
+		driver=$driver-cpu$6 pin="--cpus_allowed=$6"
+	fi
+	# shellcheck disable=SC2086
 	out=$(fio --name=bench --filename="$blk" --ioengine=io_uring --direct=1 --hipri=$hipri \
 		--rw="$2" --bs=4k --iodepth="$3" --numjobs="$4" --group_reporting --time_based --runtime="$secs" \
-		--norandommap --randrepeat=0 --output-format=terse --terse-version=3)
+		--norandommap --randrepeat=0 --output-format=terse --terse-version=3 $pin)
 	# terse v3: field 8 is read IOPS, 49 write IOPS (summed over jobs with group_reporting).
 	iops=$(echo "$out" | tail -n1 | awk -F';' '{ print $8 + $49 }')
-	echo "RESULT driver=kernel-$1 workload=$2 qd=$3 jobs=$4 rep=$5 iops=$iops mmio_per_io=-"
+	echo "RESULT driver=$driver workload=$2 qd=$3 jobs=$4 rep=$5 iops=$iops mmio_per_io=-"
 }
 
-# nvmepoll_run SHADOW RW QD JOBS REP: one nvmectl perf run; SHADOW on or off.
+# nvmepoll_run SHADOW RW QD JOBS REP [CPUS]: one nvmectl perf run; SHADOW on or off. perf runs on
+# one CPU per queue pair by default; CPUS overrides that (--cpus).
 nvmepoll_run() {
-	flags=""
+	flags="" driver=nvmepoll-shadow-$1
 	[ "$1" = off ] && flags="--no-shadow"
 	[ "$2" = randwrite ] && flags="$flags --force" # null-co: nothing is stored
+	if [ -n "${6:-}" ]; then
+		flags="$flags --cpus $6" driver=$driver-cpu$6
+	fi
 	# shellcheck disable=SC2086
 	out=$(nvmectl perf "$dev" -n 1 -q "$3" -j "$4" -o 4K -w "$2" -t "$secs" --json $flags)
 	# The total comes last in the JSON: take the last iops and MMIO-per-I/O values.
 	iops=$(echo "$out" | sed -n 's/.*"iops": *\([0-9.]*\).*/\1/p' | tail -n1)
 	mmio=$(echo "$out" | sed -n 's/.*"mmio_writes_per_io": *\([0-9.]*\).*/\1/p' | tail -n1)
-	echo "RESULT driver=nvmepoll-shadow-$1 workload=$2 qd=$3 jobs=$4 rep=$5 iops=$iops mmio_per_io=$mmio"
+	echo "RESULT driver=$driver workload=$2 qd=$3 jobs=$4 rep=$5 iops=$iops mmio_per_io=$mmio"
 }
 
 echo "bench: controller $dev, $secs s per run, $reps repetitions, $(nproc) CPUs, kernel $(uname -r)"
@@ -75,13 +85,17 @@ while [ $rep -le "$reps" ]; do
 		kernel_run polled "${w%%:*}" "${w##*:}" 1 $rep
 		kernel_run irq "${w%%:*}" "${w##*:}" 1 $rep
 	done
+	# fio confined to one CPU, as nvmectl perf is: does placement help the kernel too?
+	kernel_run polled randread 1 1 $rep 0
+	kernel_run polled randread 32 1 $rep 0
 	kernel_run polled randread 32 2 $rep # scaling: two submitters, one poll queue
 	to_nvmepoll
 	for w in $workloads; do
 		nvmepoll_run on "${w%%:*}" "${w##*:}" 1 $rep
 		nvmepoll_run off "${w%%:*}" "${w##*:}" 1 $rep
 	done
-	nvmepoll_run on randread 32 2 $rep # scaling: two queue pairs, two goroutines
+	nvmepoll_run on randread 32 2 $rep   # scaling: two queue pairs, one CPU each
+	nvmepoll_run on randread 32 2 $rep 0 # two queue pairs sharing CPU 0
 	rep=$((rep + 1))
 done
 # One human-readable nvmepoll run for the record: per-queue doorbell counters.
