@@ -146,6 +146,9 @@ func NewWithWait(c Completer, deliver func(batch []*Request), o WaitOptions) (*R
 	}
 	r.w = waiter{mode: o.Mode, irq: o.Interrupt, start: o.WindowStart, max: o.WindowMax}
 	r.w.window.Store(int64(o.WindowStart))
+	if o.Mode == ModeAdaptive {
+		r.w.clock = windowClock()
+	}
 	if m, ok := o.Interrupt.(Masker); ok && o.Mode == ModeAdaptive {
 		// ModeInterrupt blocks on every wait: masking would only add two
 		// device writes to each.
@@ -177,8 +180,12 @@ type waiter struct {
 	irq        Interrupt
 	start, max time.Duration
 
-	began time.Time // first wait of the current Poll; zero if none yet
-	armed bool      // Clear done, the device polled since: Wait may block
+	// began is when the current Poll first waited, in Ticks; timing says
+	// whether it has. Only ModeAdaptive times its waits.
+	began  int64
+	timing bool
+	clock  TickClock // ModeAdaptive: converts Ticks for the window
+	armed  bool      // Clear done, the device polled since: Wait may block
 	// mask, in ModeAdaptive with a Masker, is unmasked only from arming
 	// to the end of the blocking wait (or of the Poll).
 	mask     Masker
@@ -198,15 +205,14 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 		}
 		return nil
 	}
-	if w.began.IsZero() {
-		w.began = time.Now()
+	if w.mode == ModeAdaptive && !w.timing {
+		w.began, w.timing = Ticks(), true
 	}
 	if w.mode == ModeAdaptive && !w.armed {
-		// Spin while inside the window. The clock is read every
-		// clockEvery spins only: in a guest without a usable TSC each
-		// read is an HPET access that traps to the hypervisor.
+		// Spin while inside the window. Ticks is cheap, but the counter
+		// is still read every clockEvery spins only.
 		win := time.Duration(w.window.Load())
-		if win > 0 && (spins%clockEvery != 0 || time.Since(w.began) < win) {
+		if win > 0 && (spins%clockEvery != 0 || w.clock.Duration(Ticks()-w.began) < win) {
 			if spins%yieldEvery == yieldEvery-1 {
 				runtime.Gosched()
 			}
@@ -256,14 +262,11 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 func (w *waiter) end() {
 	w.armed = false
 	w.remask()
-	if w.began.IsZero() {
+	if !w.timing {
 		return
 	}
-	waited := time.Since(w.began)
-	w.began = time.Time{}
-	if w.mode != ModeAdaptive {
-		return
-	}
+	waited := w.clock.Duration(Ticks() - w.began)
+	w.timing = false
 	w.adapt(waited)
 }
 

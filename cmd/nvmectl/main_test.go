@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/nvme"
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
 )
@@ -711,7 +712,7 @@ func TestPerfNoAllocs(t *testing.T) {
 	// sparse store (which allocates a chunk on first write) allocates no more and whatever
 	// allocates is the driver or perf.
 	c := &perfConfig{depth: 8, ioSize: 4096, workload: "randrw", mix: 50, queues: 1, span: 64}
-	w, err := newPerfWorker(d, ns, c, 0, calibrateTicks(time.Millisecond))
+	w, err := newPerfWorker(d, ns, c, 0, iopoll.CalibrateTicks(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/nvme"
 )
 
@@ -135,7 +136,7 @@ type perfWorker struct {
 	reqs  []nvme.Request
 	free  []*nvme.Request // completed, to resubmit; preallocated
 	start []int64         // submit time of request i (its Tag), in ticks
-	clock ioClock
+	clock iopoll.TickClock
 
 	lbas    []uint64 // random LBAs, cycled; nil for sequential
 	seqNext uint64   // next LBA of a sequential workload
@@ -216,7 +217,8 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 			}
 		}
 	}()
-	clock := calibrateTicks(20 * time.Millisecond)
+	// I/Os are timed in ticks, not with time.Now (see iopoll.TickClock).
+	clock := iopoll.CalibrateTicks(20 * time.Millisecond)
 	for i := range workers {
 		w, err := newPerfWorker(d, ns, c, i, clock)
 		if err != nil {
@@ -288,7 +290,7 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	return nil
 }
 
-func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, clock ioClock) (*perfWorker, error) {
+func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, clock iopoll.TickClock) (*perfWorker, error) {
 	qp, err := d.ctrl.NewQueuePairWith(nvme.QueueOptions{Depth: c.depth + 1, Mode: c.mode, WindowMax: c.window})
 	if err != nil {
 		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
@@ -362,11 +364,11 @@ func (w *perfWorker) prepare(r *nvme.Request) {
 	if w.next == offsetTable {
 		w.next = 0
 	}
-	w.start[r.Tag] = ticks()
+	w.start[r.Tag] = iopoll.Ticks()
 }
 
 func (w *perfWorker) complete(r *nvme.Request) {
-	w.hist.record(w.clock.ns(ticks() - w.start[r.Tag]))
+	w.hist.record(uint64(w.clock.Duration(iopoll.Ticks() - w.start[r.Tag])))
 	if r.Opcode == nvme.NVMWrite {
 		w.writesN++
 	} else {

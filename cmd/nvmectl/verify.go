@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/nvme"
 )
 
@@ -135,7 +136,7 @@ func runVerify(e *env, d *device, ns *nvme.Namespace, c *perfConfig) error {
 		defer f.Close()
 		log = &ackLog{f: f}
 	}
-	clock := calibrateTicks(20 * time.Millisecond)
+	clock := iopoll.CalibrateTicks(20 * time.Millisecond)
 	units := c.span / (uint64(c.ioSize) / uint64(ns.BlockSize()))
 	if units < uint64(c.queues*c.depth) {
 		return usagef("--verify: the region holds %d I/Os of %d bytes, fewer than -j %d x -q %d in flight at once", units, c.ioSize, c.queues, c.depth)

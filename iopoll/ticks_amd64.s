@@ -1,7 +1,7 @@
 #include "textflag.h"
 
-// func ticks() int64
-TEXT ·ticks(SB), NOSPLIT, $0-8
+// func Ticks() int64
+TEXT ·Ticks(SB), NOSPLIT, $0-8
 	RDTSC
 	SHLQ $32, DX
 	ORQ  DX, AX
