@@ -153,6 +153,24 @@ func testPairCQ(tb testing.TB, id uint16, depth, cqDepth int) (*Pair, *fakeContr
 	return p, f, cfg
 }
 
+// reapAll takes every CQE the controller posted, releasing each slot, and
+// returns how many there were. It does not ring the CQ head doorbell.
+func reapAll(tb testing.TB, p *Pair) int {
+	tb.Helper()
+	n := 0
+	for {
+		c, ok, err := p.Next()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if !ok {
+			return n
+		}
+		p.Release(c.CID)
+		n++
+	}
+}
+
 // submit acquires a slot and posts a 4 KiB read into it.
 func submit(tb testing.TB, p *Pair) uint16 {
 	tb.Helper()

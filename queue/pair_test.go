@@ -337,17 +337,7 @@ func TestUpdateHeadSlack(t *testing.T) {
 		}
 		p.UpdateTail()
 		f.process(-1)
-		for {
-			c, ok, err := p.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !ok {
-				break
-			}
-			p.Release(c.CID)
-			reaped++
-		}
+		reaped += reapAll(t, p)
 		wrote := p.UpdateHead()
 		lag := (p.head + 8 - f.cqHead) % 8 // reaped entries the controller was not told of
 		switch {

@@ -122,19 +122,7 @@ func TestShadowDoorbellPair(t *testing.T) {
 			p.Post(&cmd)
 		}
 		p.UpdateTail()
-		n := 0
-		for {
-			c, ok, err := p.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !ok {
-				break
-			}
-			p.Release(c.CID)
-			n++
-		}
-		if n != 4 {
+		if n := reapAll(t, p); n != 4 {
 			t.Fatalf("batch %d: %d completions, want 4", batch, n)
 		}
 		p.UpdateHead()
