@@ -269,3 +269,77 @@ func TestNVMeBlockSizes(t *testing.T) {
 		readBack(t, ns, []int{bs, 3 * bs, 256 << 10})
 	}
 }
+
+// TestNVMeLazyCQHead runs 1000 write-then-read rounds one command at a time
+// on a 2-entry SQ, whose CQ (256 entries by default) the controller laps
+// about eight times, and checks every read and that the CQ head doorbell
+// was written only when the slack ran out: once per 255 completions
+// instead of once per completion. QEMU stops posting to a CQ it believes
+// full, so a head written too late would show as a timeout here.
+func TestNVMeLazyCQHead(t *testing.T) {
+	c := openNVMe(t, testDevice(t))
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePairWith(nvme.QueueOptions{Depth: 2, Mode: nvme.ModePoll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := qp.Close(); err != nil {
+			t.Errorf("queue pair Close: %v", err)
+		}
+	}()
+	pool, err := c.NewPool(2, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	wb, _ := pool.Get()
+	rb, _ := pool.Get()
+	bpp := uint64(4096 / ns.BlockSize())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	before := qp.Doorbells()
+	const rounds = 1000
+	for i := range rounds {
+		for j := range wb.Bytes {
+			wb.Bytes[j] = byte(i + j*7)
+		}
+		lba := uint64(i%64) * bpp
+		if err := execOne(ctx, qp, &nvme.Request{Opcode: nvme.NVMWrite, Namespace: ns, LBA: lba, Buf: wb}); err != nil {
+			t.Fatalf("round %d: write at lba %d: %v", i, lba, err)
+		}
+		if err := execOne(ctx, qp, &nvme.Request{Opcode: nvme.NVMRead, Namespace: ns, LBA: lba, Buf: rb}); err != nil {
+			t.Fatalf("round %d: read at lba %d: %v", i, lba, err)
+		}
+		if !bytes.Equal(wb.Bytes, rb.Bytes) {
+			t.Fatalf("round %d: lba %d read back differs", i, lba)
+		}
+	}
+	db := qp.Doorbells()
+	heads := db.CQ.Updates - before.CQ.Updates
+	if lo, hi := uint64(2*rounds/255-1), uint64(2*rounds/255+1); heads < lo || heads > hi {
+		t.Errorf("%d completions on a 2-entry SQ with a 256-entry CQ: %d CQ head updates, want %d..%d", 2*rounds, heads, lo, hi)
+	}
+	if s := qp.Stats(); s.Bad() != 0 {
+		t.Errorf("%d bad CQEs", s.Bad())
+	}
+	t.Logf("%d commands: CQ head updates %d (MMIO %d), SQ MMIO %d", 2*rounds, heads, db.CQ.MMIOWrites-before.CQ.MMIOWrites, db.SQ.MMIOWrites-before.SQ.MMIOWrites)
+}
+
+// execOne submits r on qp and polls until it completes.
+func execOne(ctx context.Context, qp *nvme.QueuePair, r *nvme.Request) error {
+	done := false
+	r.Done = func(*nvme.Request) { done = true }
+	if err := qp.Submit(r); err != nil {
+		return err
+	}
+	for !done {
+		if _, err := qp.PollContext(ctx, 1, 1); err != nil {
+			return err
+		}
+	}
+	return r.Err
+}
