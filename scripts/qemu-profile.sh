@@ -46,16 +46,24 @@ done
 sleep 3 # perf's warm-up: queue creation, calibration
 qemu=$(pgrep -n -f 'qemu-system-x86_64 ') || { echo "qemu-profile.sh: no QEMU process" >&2; exit 1; }
 tids=$(ls /proc/"$qemu"/task | paste -sd,)
+# Each thread's utime+stime (clock ticks) around the count, as top computes CPU %: under a
+# paravirtualised host perf's task-clock can read lower than the scheduler's accounting.
+cputicks() { for t in /proc/"$qemu"/task/*; do echo "${t##*/} $(awk '{ print $14 + $15 }' "$t/stat")"; done; }
+cputicks >"$tmp/ticks0"
 perf stat --per-thread -x, -t "$tids" -o "$tmp/stat.csv" \
 	-e task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_ppoll,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_futex \
 	-- sleep 3
+cputicks >"$tmp/ticks1"
 wait "$guest"
 tr -d '\r' <"$tmp/guest.out" | sed -n '/namespace 1:/,$p'
 
 iops=$(tr -d '\r' <"$tmp/guest.out" | awk '/^total/ { print $2 }')
-python3 - "$tmp/stat.csv" "$iops" "$qemu" <<'PY'
+python3 - "$tmp/stat.csv" "$iops" "$qemu" "$tmp/ticks0" "$tmp/ticks1" "$(getconf CLK_TCK)" <<'PY'
 import csv, sys
 path, iops, main = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+def ticks(f):
+    return {l.split()[0]: int(l.split()[1]) for l in open(f) if l.strip()}
+t0, t1, hz = ticks(sys.argv[4]), ticks(sys.argv[5]), int(sys.argv[6])
 rows = {}
 for r in csv.reader(l for l in open(path) if l.strip() and not l.startswith("#")):
     # --per-thread -x,: thread, value, unit, event, ...
@@ -65,8 +73,9 @@ for r in csv.reader(l for l in open(path) if l.strip() and not l.startswith("#")
         rows.setdefault(tid, {})[event] = float(value)
     except ValueError:
         pass
-print(f"\n{iops:.0f} IOPS; per I/O over the 3 s counted (QEMU pid {main}):")
-print(f"{'thread':>16} {'CPU %':>7} {'syscalls':>9} {'ppoll':>7} {'read':>7} {'write':>7} {'futex':>7} {'ctx sw':>7}")
+print(f"\n{iops:.0f} IOPS; per I/O over the 3 s counted (QEMU pid {main}); CPU % from perf's task-clock")
+print("and (/proc) from the threads' utime+stime over about the same 3 s:")
+print(f"{'thread':>16} {'CPU %':>7} {'(/proc)':>7} {'syscalls':>9} {'ppoll':>7} {'read':>7} {'write':>7} {'futex':>7} {'ctx sw':>7}")
 n = iops * 3
 for tid, e in sorted(rows.items(), key=lambda kv: -kv[1].get("task-clock", 0)):
     cpu = e.get("task-clock", 0) / 30  # msec over 3 s, as % of one core
@@ -74,7 +83,8 @@ for tid, e in sorted(rows.items(), key=lambda kv: -kv[1].get("task-clock", 0)):
         continue
     name = "main (device)" if tid == main else f"thread {tid}"
     per = lambda k: e.get(k, 0) / n
-    print(f"{name:>16} {cpu:7.1f} {per('raw_syscalls:sys_enter'):9.2f} {per('syscalls:sys_enter_ppoll'):7.2f} "
+    proc = 100 * (t1.get(tid, 0) - t0.get(tid, 0)) / hz / 3
+    print(f"{name:>16} {cpu:7.1f} {proc:7.1f} {per('raw_syscalls:sys_enter'):9.2f} {per('syscalls:sys_enter_ppoll'):7.2f} "
           f"{per('syscalls:sys_enter_read'):7.2f} {per('syscalls:sys_enter_write'):7.2f} {per('syscalls:sys_enter_futex'):7.2f} "
           f"{per('context-switches'):7.2f}")
 PY
