@@ -33,8 +33,8 @@ type Config struct {
 	// Depth. The entries beyond Depth are slack: the controller can post a
 	// completion for every command that can be outstanding while its view
 	// of the CQ head lags the host's by up to CQDepth-Depth entries, so
-	// UpdateHead writes the doorbell only once that many have been reaped
-	// since the last write. With CQDepth == Depth it writes on every call
+	// UpdateHead writes the doorbell only once more than that many have
+	// been reaped since the last write. With CQDepth == Depth it writes on every call
 	// that moved the head.
 	CQDepth int
 	// SQ and CQ are the rings: at least Depth*SQESize and CQDepth*CQESize

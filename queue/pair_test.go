@@ -372,6 +372,8 @@ func TestNewRejects(t *testing.T) {
 		{"depth 65537", func(c *Config) { c.Depth = 65537 }, "depth 65537 is outside"},
 		{"SQ too small", func(c *Config) { c.SQ.Bytes = c.SQ.Bytes[:16*SQESize-1] }, "SQ ring is 1023 bytes, depth 16 needs 1024"},
 		{"CQ too small", func(c *Config) { c.CQ.Bytes = c.CQ.Bytes[:16*CQESize-1] }, "CQ ring is 255 bytes, depth 16 needs 256"},
+		{"CQ smaller than SQ", func(c *Config) { c.CQDepth = 8 }, "CQ depth 8 is outside 16..65536"},
+		{"CQ deeper than its ring", func(c *Config) { c.CQDepth = 32 }, "CQ ring is 256 bytes, depth 32 needs 512"},
 		{"PRP too small", func(c *Config) { c.PRP.Bytes = c.PRP.Bytes[:14*4096] }, "PRP area is 57344 bytes, 15 slots of 4096-byte pages need 61440"},
 		{"SQ misaligned", func(c *Config) { c.SQ = ring(2*16*SQESize).Slice(16, 16*SQESize) }, "not 64-byte aligned"},
 		{"CQ IOVA misaligned", func(c *Config) { c.CQ.IOVA += 4 }, "not 16-byte aligned"},
