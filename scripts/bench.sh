@@ -10,13 +10,15 @@
 #   kernel-polled       fio ioengine=io_uring direct=1 hipri=1 (checks queue/io_poll is 1)
 #   kernel-irq          the same with hipri=0
 #   kernel-polled-cpu0  kernel-polled with fio confined to CPU 0 (cpus_allowed=0), randread only
+#   kernel-polled-lean  kernel-polled with fio timing by the TSC (clocksource=cpu, gtod_reduce=1),
+#                       randread only: fio's clock reads trap under the guest's HPET clocksource
 #   nvmepoll-shadow-on  nvmectl perf (shadow doorbells, the default; one CPU per queue pair, perf's
 #                       default placement, as SPDK perf's core mask)
 #   nvmepoll-shadow-off nvmectl perf --no-shadow
 # for 4 KiB randread QD1, randread QD32 and randwrite QD32, plus randread QD32 with two
 # submitters (fio numjobs=2 / nvmectl perf -j 2, on CPUs 0-1 and both on CPU 0) for scaling.
 # Every row gets its ratio to kernel-polled (fio as the issue specifies it) and, where measured,
-# to kernel-polled-cpu0 (/kernel-p0).
+# to kernel-polled-cpu0 (/kernel-p0) and kernel-polled-lean (/lean).
 #
 # Usage: bash scripts/bench.sh [--out FILE]
 #   --out FILE   also keep the raw guest output in FILE
@@ -79,7 +81,7 @@ function median(key,    n, i, j, t, a) {
 	if (f["mmio_per_io"] != "-") mmio[key] = mmio[key] " " f["mmio_per_io"]
 }
 END {
-	printf "\n%-22s %-25s %12s %10s %10s %14s   %s\n", "workload", "driver", "median IOPS", "/kernel-p", "/kernel-p0", "MMIO db/IO", "runs (IOPS)"
+	printf "\n%-22s %-25s %12s %10s %10s %10s %14s   %s\n", "workload", "driver", "median IOPS", "/kernel-p", "/kernel-p0", "/lean", "MMIO db/IO", "runs (IOPS)"
 	for (k = 1; k <= nk; k++) { key = order[k]; med[key] = median(key) }
 	for (k = 1; k <= nk; k++) {
 		key = order[k]; split(key, p, SUBSEP)
@@ -87,8 +89,10 @@ END {
 		ratio = (base in med && med[base] > 0) ? sprintf("%.2fx", med[key] / med[base]) : "-"
 		base0 = (p[1] SUBSEP "kernel-polled-cpu0")
 		ratio0 = (base0 in med && med[base0] > 0) ? sprintf("%.2fx", med[key] / med[base0]) : "-"
+		basel = (p[1] SUBSEP "kernel-polled-lean")
+		ratiol = (basel in med && med[basel] > 0) ? sprintf("%.2fx", med[key] / med[basel]) : "-"
 		m = "-"
 		if (key in mmio) { vals[key "m"] = mmio[key]; m = sprintf("%.3f", median(key "m")) }
-		printf "%-22s %-25s %12.0f %10s %10s %14s  %s\n", p[1], p[2], med[key], ratio, ratio0, m, runs[key]
+		printf "%-22s %-25s %12.0f %10s %10s %10s %14s  %s\n", p[1], p[2], med[key], ratio, ratio0, ratiol, m, runs[key]
 	}
 }'
