@@ -135,3 +135,28 @@ func TestPerfCPUs(t *testing.T) {
 		t.Errorf("perf --cpus 1023: exit %d, %s", code, errs)
 	}
 }
+
+// TestPerfBatchComplete: --batch-complete caps what one poll reaps, the run
+// still completes I/Os, and the report says so.
+func TestPerfBatchComplete(t *testing.T) {
+	var r perfJSON
+	out := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.2", "--batch-complete", "2", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("perf --json: %v\n%s", err, out)
+	}
+	if r.Batch != 2 || r.Total.IOs == 0 || r.Total.Errors != 0 {
+		t.Errorf("perf --batch-complete 2: batch_complete %d, %d I/Os, %d errors; want 2, some, 0", r.Batch, r.Total.IOs, r.Total.Errors)
+	}
+	// Each round resubmits what one poll reaped, at most 2, with one SQ
+	// doorbell update: at least one update per 2 I/Os.
+	if db := r.Total.Doorbells; db == nil || db.SQPerIO < 0.49 {
+		t.Errorf("perf --batch-complete 2: SQ doorbell updates per I/O %+v, want at least 0.5", db)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.1", "--json")), &r); err != nil || r.Batch != 8 {
+		t.Errorf("perf without --batch-complete: batch_complete %d, %v; want the depth, 8", r.Batch, err)
+	}
+	human := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.1", "--batch-complete", "4")
+	if !strings.Contains(human, "queue depth 8 (reaping at most 4 per poll)") {
+		t.Errorf("perf --batch-complete 4 does not say so:\n%s", human)
+	}
+}

@@ -32,6 +32,7 @@ type perfConfig struct {
 	mix      int // percentage of reads for randrw
 	seconds  float64
 	queues   int
+	batch    int // --batch-complete: completions reaped per poll at most (0: the queue depth)
 	json     bool
 	hist     bool
 	force    bool
@@ -61,6 +62,7 @@ func cmdPerf(e *env, args []string) error {
 	fs.IntVar(&c.mix, "mix", 50, "`PCT` of I/Os that are reads in randrw (fio's rwmixread, spdk_nvme_perf -M)")
 	fs.Float64Var(&c.seconds, "t", 0, "run time in `SECONDS` (fractions allowed)")
 	fs.IntVar(&c.queues, "j", 1, "number of queue pairs (`QUEUES`), each driven by its own goroutine")
+	fs.IntVar(&c.batch, "batch-complete", 0, "reap at most `N` completions per poll before submitting again (fio's iodepth_batch_complete_max; default: the queue depth)")
 	asJSON := jsonFlags(fs)
 	fs.Lookup("json").Usage = "print the results as JSON"
 	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
@@ -107,6 +109,8 @@ func cmdPerf(e *env, args []string) error {
 	switch {
 	case c.depth <= 0:
 		return usagef("queue depth -q %d: give at least 1", c.depth)
+	case c.batch < 0 || c.batch > c.depth:
+		return usagef("--batch-complete %d: give 1 to the queue depth, %d", c.batch, c.depth)
 	case c.seconds <= 0:
 		return usagef("run time -t %g: give a positive number of seconds", c.seconds)
 	case c.queues <= 0:
@@ -144,6 +148,7 @@ type perfWorker struct {
 	seqHi   uint64
 	writes  []bool // randrw: whether the i-th I/O is a write
 	next    int
+	batch   int // completions reaped per poll at most
 	opcode  nvme.NVMOpcode
 	blocks  uint64 // blocks per I/O
 
@@ -295,7 +300,10 @@ func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, clock i
 	if err != nil {
 		return nil, fmt.Errorf("%s: creating queue pair %d of depth %d: %w", d.name, id+1, c.depth+1, err)
 	}
-	w := &perfWorker{id: id, qp: qp, clock: clock, blocks: uint64(c.ioSize) / uint64(ns.BlockSize())}
+	w := &perfWorker{id: id, qp: qp, clock: clock, blocks: uint64(c.ioSize) / uint64(ns.BlockSize()), batch: c.depth}
+	if c.batch > 0 {
+		w.batch = c.batch
+	}
 	w.pool, err = d.ctrl.NewPool(c.depth, int(c.ioSize))
 	if err != nil {
 		w.close()
@@ -401,7 +409,7 @@ func (w *perfWorker) run(stop *atomic.Bool) {
 		}
 		// Those not posted stay in free for the next round.
 		w.free = w.free[:copy(w.free, w.free[n:])]
-		if _, err := w.qp.Poll(1, len(w.reqs)); err != nil {
+		if _, err := w.qp.Poll(1, w.batch); err != nil {
 			w.errs++
 			w.firstErr = fmt.Errorf("polling: %w", err)
 			break
@@ -513,6 +521,7 @@ type perfJSON struct {
 	Size       int64         `json:"size"`
 	QueueDepth int           `json:"queue_depth"`
 	Queues     int           `json:"queues"`
+	Batch      int           `json:"batch_complete"` // completions reaped per poll at most
 	Seconds    float64       `json:"seconds"`
 	Mode       string        `json:"mode"`
 	CPUs       string        `json:"cpus"` // the CPUs perf ran on (a list), or "any"
@@ -548,7 +557,10 @@ func jobJSON(queue int, h *histogram, reads, writes, errs uint64, elapsed time.D
 
 func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWorker, elapsed time.Duration) perfJSON {
 	r := perfJSON{Device: d.name, NSID: ns.ID(), Workload: c.workload, IOSize: c.ioSize, Offset: c.offset, Size: c.size, QueueDepth: c.depth,
-		Queues: c.queues, Seconds: float64(int64(elapsed.Seconds()*1000)) / 1000}
+		Queues: c.queues, Batch: c.depth, Seconds: float64(int64(elapsed.Seconds()*1000)) / 1000}
+	if c.batch > 0 {
+		r.Batch = c.batch
+	}
 	if c.workload == "randrw" {
 		r.ReadPct = &c.mix
 	}
@@ -587,8 +599,12 @@ func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, work
 	if r.ReadPct != nil {
 		mix = fmt.Sprintf(" (%d%% reads)", *r.ReadPct)
 	}
-	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d, %d queue pair(s), CPUs %s, %.2f s\n\n",
-		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, c.queues, r.CPUs, elapsed.Seconds())
+	batch := ""
+	if c.batch > 0 {
+		batch = fmt.Sprintf(" (reaping at most %d per poll)", c.batch)
+	}
+	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d%s, %d queue pair(s), CPUs %s, %.2f s\n\n",
+		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, batch, c.queues, r.CPUs, elapsed.Seconds())
 	fmt.Fprintf(out, "%-10s %12s %10s %10s %10s %10s %10s %10s %10s\n", "", "IOPS", "MiB/s", "min", "avg", "p50", "p99", "p99.9", "max")
 	row := func(name string, j perfJobJSON) {
 		l := j.Latency
