@@ -38,13 +38,7 @@ func TestCompletionModes(t *testing.T) {
 				t.Fatalf("queue pair mode = %s, want %s", got, mode)
 			}
 			const n = 32
-			pool, err := c.NewPool(2, 4096)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pool.Close()
-			wb, _ := pool.Get()
-			rb, _ := pool.Get()
+			wb, rb := pageBuffers(t, c)
 			bpp := uint64(4096 / ns.BlockSize())
 			for i := range n {
 				for j := range wb.Bytes {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nvmepoll/nvmepoll/nvme"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
 
 // openNVMe brings up the controller at addr through VFIO and shuts it down
@@ -291,13 +292,7 @@ func TestNVMeLazyCQHead(t *testing.T) {
 			t.Errorf("queue pair Close: %v", err)
 		}
 	}()
-	pool, err := c.NewPool(2, 4096)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	wb, _ := pool.Get()
-	rb, _ := pool.Get()
+	wb, rb := pageBuffers(t, c)
 	bpp := uint64(4096 / ns.BlockSize())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -342,4 +337,18 @@ func execOne(ctx context.Context, qp *nvme.QueuePair, r *nvme.Request) error {
 		}
 	}
 	return r.Err
+}
+
+// pageBuffers returns two 4 KiB DMA buffers, one to write from and one to
+// read back into, from a pool closed when the test ends.
+func pageBuffers(t *testing.T, c *nvme.Controller) (wb, rb dma.Buffer) {
+	t.Helper()
+	pool, err := c.NewPool(2, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	wb, _ = pool.Get()
+	rb, _ = pool.Get()
+	return wb, rb
 }
