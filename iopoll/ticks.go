@@ -46,7 +46,10 @@ func (c TickClock) Duration(ticks int64) time.Duration {
 // Ticks converts a duration to ticks.
 func (c TickClock) Ticks(d time.Duration) int64 { return int64(float64(d) / c.nsPerTick) }
 
-// windowClock is the adaptive window's clock, calibrated once per process
-// when the first adaptive ring is made (a 5 ms sleep): a window is a few µs
-// to a few hundred, so a rate within a few percent is plenty.
-var windowClock = sync.OnceValue(func() TickClock { return CalibrateTicks(5 * time.Millisecond) })
+// ProcessClock is the process's TickClock, calibrated the first time it is
+// asked for (a 5 ms sleep). It is for intervals of a few µs to a few ms (an
+// adaptive poll window, how long since a poller last read the system
+// clock), where a rate within a few percent is plenty.
+func ProcessClock() TickClock { return processClock() }
+
+var processClock = sync.OnceValue(func() TickClock { return CalibrateTicks(5 * time.Millisecond) })

@@ -147,7 +147,7 @@ func NewWithWait(c Completer, deliver func(batch []*Request), o WaitOptions) (*R
 	r.w = waiter{mode: o.Mode, irq: o.Interrupt, start: o.WindowStart, max: o.WindowMax}
 	r.w.window.Store(int64(o.WindowStart))
 	if o.Mode == ModeAdaptive {
-		r.w.clock = windowClock()
+		r.w.clock = ProcessClock()
 	}
 	if m, ok := o.Interrupt.(Masker); ok && o.Mode == ModeAdaptive {
 		// ModeInterrupt blocks on every wait: masking would only add two

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/queue"
 	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
@@ -135,6 +136,8 @@ type Controller struct {
 
 	rec    recovery  // reset state and error counters (recovery.go, health.go)
 	opened time.Time // for the coarse I/O clock (timeout.go)
+	// refreshTicks is clockRefresh in TSC ticks (timeout.go).
+	refreshTicks int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -159,6 +162,7 @@ type Controller struct {
 // is one allocation, checked by itself.
 func Open(dev Device, opts *Options) (*Controller, error) {
 	c := &Controller{dev: dev, opts: opts.withDefaults(), namespaces: map[uint32]*Namespace{}, pairs: map[*QueuePair]struct{}{}, opened: time.Now()}
+	c.refreshTicks = iopoll.ProcessClock().Ticks(clockRefresh)
 	if err := c.bringUp(); err != nil {
 		c.teardown(false)
 		return nil, err

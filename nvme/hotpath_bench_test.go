@@ -18,7 +18,7 @@ import (
 // posting the CQE with an atomic exchange, work a real controller does.
 func newZeroWorkPair(tb testing.TB, depth int) (*QueuePair, *Namespace, *Pool) {
 	a := &mmapAlloc{}
-	c := &Controller{maxTransfer: 128 << 10, opts: (*Options)(nil).withDefaults(), namespaces: map[uint32]*Namespace{}}
+	c := &Controller{maxTransfer: 128 << 10, opts: (*Options)(nil).withDefaults(), namespaces: map[uint32]*Namespace{}, refreshTicks: iopoll.ProcessClock().Ticks(clockRefresh)}
 	ns := &Namespace{c: c, id: 1, blockSize: 512, shift: 9, blocks: 1 << 30}
 	cqDepth := defaultCQDepth(depth, queue.MaxDepth) // as NewQueuePair sizes it
 	sq, _ := a.Alloc(depth * queue.SQESize)

@@ -52,6 +52,8 @@ type QueuePair struct {
 	lastScan   int64      // tick of the last timeout scan
 	lastHealth int64      // tick of the last CSTS check
 	reaps      uint32     // Reap calls, for the clock refresh
+	clockTicks int64      // iopoll.Ticks at the last system clock read
+	looks      int        // clockDue calls since then
 
 	closing   atomic.Bool // Submit refuses new work
 	dead      atomic.Bool // queues deleted: Reap fails what is left
@@ -430,13 +432,11 @@ func (q *QueuePair) PollContext(ctx context.Context, min, max int) (int, error) 
 	return q.ring.PollContext(ctx, min, max)
 }
 
-// idleCheckEvery is how many empty device polls pass between two looks
-// at the clock, which decide the CSTS check and the timeout scan
-// (timeout.go). Not every one: in a guest whose kernel distrusts the TSC
-// (QEMU with two vCPUs falls back to HPET) a clock read is a system call
-// and a trap to the hypervisor, microseconds a spin, and a poll that finds
-// the completion a spin late delays the I/O. A Ring that slept since the
-// last look (interrupt modes, up to 100 ms a wait) is checked at once.
+// idleCheckEvery is how many empty device polls pass between two looks at
+// the TSC, which says when the idle work is due: a system clock read, the
+// CSTS check and the timeout scan (clockDue, timeout.go). A Ring that slept
+// since the last look (interrupt modes, up to 100 ms a wait) is checked at
+// once.
 const idleCheckEvery = 256
 
 // Reap implements iopoll.Completer: it takes every completion the
@@ -467,14 +467,16 @@ func (q *QueuePair) Reap(max int) (int, error) {
 	if q.dead.Load() {
 		n += q.failAll()
 	}
-	if q.reaps++; q.reaps%tickEvery == 0 && q.pair.Outstanding() > 0 && q.clockAndScan() {
+	if q.reaps++; q.reaps%tickEvery == 0 && q.pair.Outstanding() > 0 && q.clockDue() && q.clockAndScan() {
 		n += q.recover()
 	}
 	if n > 0 {
 		return n, nil
 	}
 	q.idlePolls++
-	if b := q.ring.Blocks(); q.idlePolls%idleCheckEvery == 0 || b != q.blocksSeen {
+	// A Ring that slept (interrupt modes) is checked at once; a spinning
+	// one when the clock is due.
+	if b := q.ring.Blocks(); q.idlePolls%idleCheckEvery == 0 && q.clockDue() || b != q.blocksSeen {
 		q.blocksSeen = b
 		if q.idleCheck() {
 			n += q.recover()

@@ -487,7 +487,7 @@ func BenchmarkSubmitReap(b *testing.B) {
 // the driver alone.
 func newEchoPair(tb testing.TB, depth int) (*QueuePair, *Namespace, *Pool) {
 	a := &mmapAlloc{}
-	c := &Controller{maxTransfer: 128 << 10, opts: (*Options)(nil).withDefaults(), namespaces: map[uint32]*Namespace{}}
+	c := &Controller{maxTransfer: 128 << 10, opts: (*Options)(nil).withDefaults(), namespaces: map[uint32]*Namespace{}, refreshTicks: iopoll.ProcessClock().Ticks(clockRefresh)}
 	ns := &Namespace{c: c, id: 1, blockSize: 512, shift: 9, blocks: 1 << 30}
 	sq, _ := a.Alloc(depth * queue.SQESize)
 	cq, _ := a.Alloc(depth * queue.CQESize)

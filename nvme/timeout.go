@@ -29,8 +29,38 @@ import (
 // posted on it is stamped stampUnknown and gets its time at the next scan.
 // Its first action then comes up to one scanInterval later.
 
-// tickEvery is how many Reap calls pass between two clock reads.
+// tickEvery is how many Reap calls pass between two looks at the clock.
 const tickEvery = 256
+
+// clockRefresh is how often, at most, Reap reads the system clock; between
+// two reads it looks only at the TSC (iopoll.Ticks). In a guest whose kernel
+// distrusts the TSC (QEMU with two vCPUs uses the HPET), time.Now is a
+// system call and an HPET read that waits for QEMU's big lock while the
+// emulated controller works: reading it every 256 Reaps kept the polling
+// vCPU off the CQ while QEMU posted completions, and cost a fifth of QD1's
+// IOPS and a seventh of QD32's (docs/PERFORMANCE.md). The TSC only says when
+// to read; every timeout and health decision uses the system clock, so a
+// TSC that jumps, differs between CPUs or stops makes a check early or
+// late, never a false timeout. Stamps are as coarse as this, far finer than
+// scanInterval.
+const clockRefresh = 10 * time.Millisecond
+
+// refreshEvery bounds the wait on a TSC that does not advance: after this
+// many looks the clock is read whatever the TSC says.
+const refreshEvery = 1024
+
+// clockDue says whether to read the system clock now: clockRefresh has
+// passed by the TSC since the last read, the TSC went backwards (another
+// CPU's), or refreshEvery looks went by.
+func (q *QueuePair) clockDue() bool {
+	t := iopoll.Ticks()
+	q.looks++
+	if d := t - q.clockTicks; d >= 0 && d < q.c.refreshTicks && q.looks < refreshEvery {
+		return false
+	}
+	q.clockTicks, q.looks = t, 0
+	return true
+}
 
 // scanInterval is how often the in-flight table is walked for old requests
 // (the resolution of IOTimeout): a quarter of the timeout, at most a second.
