@@ -23,25 +23,25 @@ func TestClockDue(t *testing.T) {
 	// Just read: not due again until the TSC moves clockRefresh on.
 	for i := 1; i < refreshEvery; i++ {
 		if q.clockDue() {
-			if d := iopoll.ProcessClock().Duration(iopoll.Ticks() - q.clockTicks); d < clockRefresh/2 {
+			if d := iopoll.ProcessClock().Duration(iopoll.Ticks() - q.clock.ticks); d < clockRefresh/2 {
 				t.Fatalf("look %d was due %v after the last read, want at least %v", i, d, clockRefresh)
 			}
 			break // the test was slow enough for the TSC to pass it: fine
 		}
 	}
 
-	q.clockTicks = iopoll.Ticks() - q.c.refreshTicks - 1
-	q.looks = 0
+	q.clock.ticks = iopoll.Ticks() - q.c.refreshTicks - 1
+	q.clock.looks = 0
 	if !q.clockDue() {
 		t.Error("not due with clockRefresh past by the TSC")
 	}
-	q.clockTicks = iopoll.Ticks() + q.c.refreshTicks*1000 // another CPU's TSC, far ahead
+	q.clock.ticks = iopoll.Ticks() + q.c.refreshTicks*1000 // another CPU's TSC, far ahead
 	if !q.clockDue() {
 		t.Error("not due after the TSC went backwards: a jump back would stop the clock for as long")
 	}
 
 	// A TSC that does not move: the clock is still read every refreshEvery looks.
-	q.clockTicks, q.looks = iopoll.Ticks(), 0
+	q.clock.ticks, q.clock.looks = iopoll.Ticks(), 0
 	q.c.refreshTicks = 1 << 62
 	due := 0
 	for range 3 * refreshEvery {
@@ -65,7 +65,7 @@ func TestSpinningPairReadsClockRarely(t *testing.T) {
 		reqs[i] = Request{Opcode: NVMRead, Namespace: ns, Blocks: 8, Buf: buf, Done: func(r *Request) { again = append(again, r) }}
 		again = append(again, &reqs[i])
 	}
-	reads, last := 0, q.clockTicks
+	reads, last := 0, q.clock.ticks
 	start := time.Now()
 	for time.Since(start) < 50*time.Millisecond {
 		for range 1000 {
@@ -78,8 +78,8 @@ func TestSpinningPairReadsClockRarely(t *testing.T) {
 			if _, err := q.Poll(1, 1); err != nil {
 				t.Fatal(err)
 			}
-			if q.clockTicks != last { // clockDue said yes: Reap read the clock
-				reads, last = reads+1, q.clockTicks
+			if q.clock.ticks != last { // clockDue said yes: Reap read the clock
+				reads, last = reads+1, q.clock.ticks
 			}
 		}
 	}

@@ -52,8 +52,9 @@ type QueuePair struct {
 	lastScan   int64      // tick of the last timeout scan
 	lastHealth int64      // tick of the last CSTS check
 	reaps      uint32     // Reap calls, for the clock refresh
-	clockTicks int64      // iopoll.Ticks at the last system clock read
-	looks      int        // clockDue calls since then
+	clock      clockGate  // when Reap reads the system clock
+	syncReq    *Request   // the synchronous API's request (syncRequest)
+	syncCtx    execContext
 
 	closing   atomic.Bool // Submit refuses new work
 	dead      atomic.Bool // queues deleted: Reap fails what is left
@@ -550,14 +551,30 @@ func (q *QueuePair) deliver(batch []*iopoll.Request) {
 	}
 }
 
+// syncRequest is the pair's request for one synchronous call (a caller
+// holds a synchronous pair for the whole call), set up for op on ns with
+// the rest zero: reused, so the synchronous path does not allocate. A call
+// that timed out left its request with the controller; the next gets a
+// new one.
+func (q *QueuePair) syncRequest(op NVMOpcode, ns *Namespace) *Request {
+	r := q.syncReq
+	if r == nil || r.abandoned {
+		r = new(Request)
+		q.syncReq = r
+	}
+	r.Opcode, r.Namespace, r.LBA, r.Blocks, r.Buf, r.FUA = op, ns, 0, 0, dma.Buffer{}, false
+	r.Done, r.Tag, r.bounce = nil, 0, nil
+	return r
+}
+
 // exec runs r synchronously: submit, then poll until it completes, ctx is
 // done or Options.IOTimeout passes. On a timeout the request is abandoned:
 // its slot (and bounce buffer, if any) stays with the controller until it
 // answers or the queue pair is closed.
-func (q *QueuePair) exec(ctx context.Context, r *Request) error {
-	ctx, cancel := context.WithTimeout(ctx, q.c.opts.IOTimeout)
-	defer cancel()
-	start := time.Now()
+func (q *QueuePair) exec(parent context.Context, r *Request) error {
+	x := &q.syncCtx
+	x.begin(parent, q.c.opts.IOTimeout, q.c.refreshTicks)
+	ctx := context.Context(x)
 	for {
 		err := q.Submit(r)
 		if err == nil {
@@ -568,10 +585,10 @@ func (q *QueuePair) exec(ctx context.Context, r *Request) error {
 		}
 		// Slots held by abandoned commands: reap and retry.
 		if _, err := q.ring.PollContext(ctx, 0, iopoll.Batch); err != nil {
-			return q.giveUp(r, err, start, false)
+			return q.giveUp(r, err, x, false)
 		}
 		if ctx.Err() != nil {
-			return q.giveUp(r, ctx.Err(), start, false)
+			return q.giveUp(r, ctx.Err(), x, false)
 		}
 	}
 	for !r.finished {
@@ -579,13 +596,13 @@ func (q *QueuePair) exec(ctx context.Context, r *Request) error {
 			if r.finished {
 				break
 			}
-			return q.giveUp(r, err, start, true)
+			return q.giveUp(r, err, x, true)
 		}
 	}
 	return r.Err
 }
 
-func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) error {
+func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) error {
 	what := fmt.Sprintf("nvme: %v nsid %d lba %d+%d on queue %d", r.Opcode, r.Namespace.id, r.LBA, r.Blocks, q.id)
 	serr := q.c.Status()
 	if posted {
@@ -602,7 +619,7 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 			cancel()
 			// Past the I/O timeout (not just the caller's own deadline):
 			// if the abort does not end it, reset the controller.
-			if time.Since(start) >= q.c.opts.IOTimeout {
+			if x.waited() >= q.c.opts.IOTimeout {
 				q.resolveOrReset(r)
 			}
 		}
@@ -618,7 +635,7 @@ func (q *QueuePair) giveUp(r *Request, err error, start time.Time, posted bool) 
 		return fmt.Errorf("%s: %w", what, serr)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		err = fmt.Errorf("no completion after %v: %w (%w)", time.Since(start).Round(time.Millisecond), ErrTimeout, err)
+		err = fmt.Errorf("no completion after %v: %w (%w)", x.elapsed().Round(time.Millisecond), ErrTimeout, err)
 	}
 	if q.badCQEs > 0 {
 		err = fmt.Errorf("%w (queue saw %d bad completion entries, last: %v)", err, q.badCQEs, q.lastBad)

@@ -223,7 +223,8 @@ func (ns *Namespace) transfer(ctx context.Context, op NVMOpcode, lba uint64, p [
 	if err != nil {
 		return 0, fmt.Errorf("nvme: %v nsid %d lba %d: %w", op, ns.id, lba, err)
 	}
-	r := &Request{Opcode: op, Namespace: ns, FUA: fua, bounce: c.syncPool}
+	r := qp.syncRequest(op, ns)
+	r.FUA, r.bounce = fua, c.syncPool
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, c.maxTransfer)
@@ -249,18 +250,20 @@ func (ns *Namespace) transfer(ctx context.Context, op NVMOpcode, lba uint64, p [
 }
 
 // simple runs one command without data on a synchronous queue pair.
-func (ns *Namespace) simple(ctx context.Context, r *Request) error {
+func (ns *Namespace) simple(ctx context.Context, op NVMOpcode, lba uint64, blocks int) error {
 	qp, err := ns.c.takeSyncPair(ctx)
 	if err != nil {
 		return err
 	}
 	defer ns.c.putSyncPair(qp)
+	r := qp.syncRequest(op, ns)
+	r.LBA, r.Blocks = lba, blocks
 	return qp.exec(ctx, r)
 }
 
 // Flush commits data in the controller's volatile write cache to media.
 func (ns *Namespace) Flush(ctx context.Context) error {
-	return ns.simple(ctx, &Request{Opcode: NVMFlush, Namespace: ns})
+	return ns.simple(ctx, NVMFlush, 0, 0)
 }
 
 // WriteZeroes sets n blocks starting at lba to zero, in commands of at
@@ -271,7 +274,7 @@ func (ns *Namespace) WriteZeroes(ctx context.Context, lba, n uint64) error {
 	}
 	for n > 0 {
 		k := min(n, 65536)
-		if err := ns.simple(ctx, &Request{Opcode: NVMWriteZeroes, Namespace: ns, LBA: lba, Blocks: int(k)}); err != nil {
+		if err := ns.simple(ctx, NVMWriteZeroes, lba, int(k)); err != nil {
 			return err
 		}
 		lba, n = lba+k, n-k
@@ -307,7 +310,8 @@ func (ns *Namespace) Deallocate(ctx context.Context, ranges ...BlockRange) error
 	if err != nil {
 		return fmt.Errorf("nvme: Deallocate nsid %d: %w", ns.id, err)
 	}
-	r := &Request{Opcode: NVMDatasetManagement, Namespace: ns, bounce: c.syncPool}
+	r := qp.syncRequest(NVMDatasetManagement, ns)
+	r.bounce = c.syncPool
 	for len(ranges) > 0 {
 		k := min(len(ranges), 256)
 		b := buf.Bytes[:k*16]

@@ -325,3 +325,43 @@ func TestOneQueueController(t *testing.T) {
 		t.Errorf("synchronous read once the queue is back: %v", err)
 	}
 }
+
+// TestSyncPathAllocs keeps the synchronous API's steady state free of
+// allocations, like the asynchronous hot path: a ReadAt server calls it
+// per request, and garbage there is latency later.
+func TestSyncPathAllocs(t *testing.T) {
+	c, _ := openModel(t, nvmetest.Config{Inline: true}, nil)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p := make([]byte, 4096)
+	for _, tc := range []struct {
+		name string
+		f    func() error
+	}{
+		{"ReadAt", func() error { _, err := ns.ReadAt(p, 8192); return err }},
+		{"WriteAt", func() error { _, err := ns.WriteAt(p, 8192); return err }},
+		{"ReadBlocks", func() error { return ns.ReadBlocks(ctx, 16, p) }},
+		{"WriteBlocks", func() error { return ns.WriteBlocks(ctx, 16, p) }},
+		{"Flush", func() error { return ns.Flush(ctx) }},
+		{"WriteZeroes", func() error { return ns.WriteZeroes(ctx, 16, 8) }},
+	} {
+		if err := tc.f(); err != nil { // the first call makes the queue pair
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var ferr error
+		n := testing.AllocsPerRun(200, func() {
+			if err := tc.f(); err != nil && ferr == nil {
+				ferr = err
+			}
+		})
+		if ferr != nil {
+			t.Fatalf("%s: %v", tc.name, ferr)
+		}
+		if n != 0 {
+			t.Errorf("%s of 4 KiB: %v allocations per call, want 0", tc.name, n)
+		}
+	}
+}

@@ -49,18 +49,28 @@ const clockRefresh = 10 * time.Millisecond
 // many looks the clock is read whatever the TSC says.
 const refreshEvery = 1024
 
-// clockDue says whether to read the system clock now: clockRefresh has
-// passed by the TSC since the last read, the TSC went backwards (another
-// CPU's), or refreshEvery looks went by.
-func (q *QueuePair) clockDue() bool {
+// clockGate says when a poller should read the system clock: once
+// clockRefresh has passed by the TSC since it last said so, or the TSC went
+// backwards (another CPU's), or refreshEvery looks went by.
+type clockGate struct {
+	ticks int64 // iopoll.Ticks when it last said yes
+	looks int   // due calls since then
+}
+
+// due reports whether to read the clock now; interval is clockRefresh in
+// ticks (Controller.refreshTicks).
+func (g *clockGate) due(interval int64) bool {
 	t := iopoll.Ticks()
-	q.looks++
-	if d := t - q.clockTicks; d >= 0 && d < q.c.refreshTicks && q.looks < refreshEvery {
+	g.looks++
+	if d := t - g.ticks; d >= 0 && d < interval && g.looks < refreshEvery {
 		return false
 	}
-	q.clockTicks, q.looks = t, 0
+	g.ticks, g.looks = t, 0
 	return true
 }
+
+// clockDue is Reap's gate.
+func (q *QueuePair) clockDue() bool { return q.clock.due(q.c.refreshTicks) }
 
 // scanInterval is how often the in-flight table is walked for old requests
 // (the resolution of IOTimeout): a quarter of the timeout, at most a second.
