@@ -160,3 +160,26 @@ func TestPerfBatchComplete(t *testing.T) {
 		t.Errorf("perf --batch-complete 4 does not say so:\n%s", human)
 	}
 }
+
+// TestPerfLinger: --linger keeps reaping until the queue has been quiet
+// that long, so what one round resubmits (with one SQ doorbell update) is
+// most of the depth, and the report says so.
+func TestPerfLinger(t *testing.T) {
+	var r perfJSON
+	out := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.2", "--linger", "2ms", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("perf --json: %v\n%s", err, out)
+	}
+	if r.LingerUS != 2000 || r.Total.IOs == 0 || r.Total.Errors != 0 {
+		t.Errorf("perf --linger 2ms: linger_us %v, %d I/Os, %d errors; want 2000, some, 0", r.LingerUS, r.Total.IOs, r.Total.Errors)
+	}
+	// The model answers within microseconds, far inside 2 ms: a round ends
+	// with all 8 in hand, one doorbell update per 8 I/Os (0.125).
+	if db := r.Total.Doorbells; db == nil || db.SQPerIO > 0.25 {
+		t.Errorf("perf --linger 2ms: SQ doorbell updates per I/O %+v, want at most 0.25", db)
+	}
+	human := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.1", "--linger", "3us")
+	if !strings.Contains(human, "queue depth 8 (lingering 3µs for more completions)") {
+		t.Errorf("perf --linger 3us does not say so:\n%s", human)
+	}
+}

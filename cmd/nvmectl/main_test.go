@@ -477,6 +477,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-o", "4M"}, exitUsage, "largest transfer"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-j", "99"}, exitUsage, "-j 99"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--batch-complete", "9"}, exitUsage, "--batch-complete 9: give 1 to the queue depth, 8"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--linger", "2s"}, exitUsage, "--linger 2s: give a duration from 0 (off) to 1s"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randrw", "--mix", "101", "-t", "1"}, exitUsage, "--mix 101"},
 		{[]string{"perf", "sim:1M", "-q", "8", "-w", "read", "-t", "1", "--offset", "1M"}, exitUsage, "past the end of namespace 1"},
 		{[]string{"perf", "sim:1M", "-q", "8", "-w", "read", "-t", "1", "--offset", "512K", "--size", "1M"}, exitUsage, "past the end"},

@@ -32,7 +32,8 @@ type perfConfig struct {
 	mix      int // percentage of reads for randrw
 	seconds  float64
 	queues   int
-	batch    int // --batch-complete: completions reaped per poll at most (0: the queue depth)
+	batch    int           // --batch-complete: completions reaped per poll at most (0: the queue depth)
+	linger   time.Duration // --linger: keep reaping until the CQ is quiet this long (0: off)
 	json     bool
 	hist     bool
 	force    bool
@@ -63,6 +64,7 @@ func cmdPerf(e *env, args []string) error {
 	fs.Float64Var(&c.seconds, "t", 0, "run time in `SECONDS` (fractions allowed)")
 	fs.IntVar(&c.queues, "j", 1, "number of queue pairs (`QUEUES`), each driven by its own goroutine")
 	fs.IntVar(&c.batch, "batch-complete", 0, "reap at most `N` completions per poll before submitting again (fio's iodepth_batch_complete_max; default: the queue depth)")
+	fs.DurationVar(&c.linger, "linger", 0, "after a poll finds completions, keep reaping until none has come for `DURATION` (e.g. 3us), then submit them all with one doorbell (default 0: submit at once)")
 	asJSON := jsonFlags(fs)
 	fs.Lookup("json").Usage = "print the results as JSON"
 	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
@@ -111,6 +113,8 @@ func cmdPerf(e *env, args []string) error {
 		return usagef("queue depth -q %d: give at least 1", c.depth)
 	case c.batch < 0 || c.batch > c.depth:
 		return usagef("--batch-complete %d: give 1 to the queue depth, %d", c.batch, c.depth)
+	case c.linger < 0 || c.linger > time.Second:
+		return usagef("--linger %v: give a duration from 0 (off) to 1s", c.linger)
 	case c.seconds <= 0:
 		return usagef("run time -t %g: give a positive number of seconds", c.seconds)
 	case c.queues <= 0:
@@ -148,7 +152,8 @@ type perfWorker struct {
 	seqHi   uint64
 	writes  []bool // randrw: whether the i-th I/O is a write
 	next    int
-	batch   int // completions reaped per poll at most
+	batch   int   // completions reaped per poll at most
+	linger  int64 // --linger in ticks; 0: off
 	opcode  nvme.NVMOpcode
 	blocks  uint64 // blocks per I/O
 
@@ -304,6 +309,7 @@ func newPerfWorker(d *device, ns *nvme.Namespace, c *perfConfig, id int, clock i
 	if c.batch > 0 {
 		w.batch = c.batch
 	}
+	w.linger = clock.Ticks(c.linger)
 	w.pool, err = d.ctrl.NewPool(c.depth, int(c.ioSize))
 	if err != nil {
 		w.close()
@@ -409,13 +415,38 @@ func (w *perfWorker) run(stop *atomic.Bool) {
 		}
 		// Those not posted stay in free for the next round.
 		w.free = w.free[:copy(w.free, w.free[n:])]
-		if _, err := w.qp.Poll(1, w.batch); err != nil {
+		got, err := w.qp.Poll(1, w.batch)
+		if err == nil && w.linger > 0 {
+			err = w.lingerPoll(got)
+		}
+		if err != nil {
 			w.errs++
 			w.firstErr = fmt.Errorf("polling: %w", err)
 			break
 		}
 	}
 	w.drain()
+}
+
+// lingerPoll goes on reaping after a poll that delivered got, until no
+// completion has come for the linger time, batch are in hand or nothing is
+// in flight. A controller that posts a burst of completions one by one
+// (QEMU's, under its big lock) then gets one SQ doorbell for the burst
+// instead of one per poll that caught part of it, and that doorbell does
+// not wait for the lock while the burst is still being posted.
+func (w *perfWorker) lingerPoll(got int) error {
+	last := iopoll.Ticks()
+	for got < w.batch && w.qp.Inflight() > 0 && iopoll.Ticks()-last < w.linger {
+		k, err := w.qp.Poll(0, w.batch-got)
+		if err != nil {
+			return err
+		}
+		if k > 0 {
+			got += k
+			last = iopoll.Ticks()
+		}
+	}
+	return nil
 }
 
 // drain polls until every request the worker issued has completed, so its
@@ -522,6 +553,7 @@ type perfJSON struct {
 	QueueDepth int           `json:"queue_depth"`
 	Queues     int           `json:"queues"`
 	Batch      int           `json:"batch_complete"` // completions reaped per poll at most
+	LingerUS   float64       `json:"linger_us"`      // --linger, µs (0: off)
 	Seconds    float64       `json:"seconds"`
 	Mode       string        `json:"mode"`
 	CPUs       string        `json:"cpus"` // the CPUs perf ran on (a list), or "any"
@@ -561,6 +593,7 @@ func perfReport(d *device, ns *nvme.Namespace, c *perfConfig, workers []*perfWor
 	if c.batch > 0 {
 		r.Batch = c.batch
 	}
+	r.LingerUS = us(float64(c.linger))
 	if c.workload == "randrw" {
 		r.ReadPct = &c.mix
 	}
@@ -602,6 +635,9 @@ func printPerf(out io.Writer, d *device, ns *nvme.Namespace, c *perfConfig, work
 	batch := ""
 	if c.batch > 0 {
 		batch = fmt.Sprintf(" (reaping at most %d per poll)", c.batch)
+	}
+	if c.linger > 0 {
+		batch += fmt.Sprintf(" (lingering %v for more completions)", c.linger)
 	}
 	fmt.Fprintf(out, "%s namespace %d: %s%s, %d-byte I/Os, queue depth %d%s, %d queue pair(s), CPUs %s, %.2f s\n\n",
 		d.name, ns.ID(), c.workload, mix, c.ioSize, c.depth, batch, c.queues, r.CPUs, elapsed.Seconds())
