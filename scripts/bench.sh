@@ -15,7 +15,8 @@
 #   nvmepoll-shadow-on  nvmectl perf (shadow doorbells, the default; one CPU per queue pair, perf's
 #                       default placement, as SPDK perf's core mask)
 #   nvmepoll-shadow-off nvmectl perf --no-shadow
-#   ...-b16             randread QD32 with --batch-complete 16 (at most 16 reaped per poll)
+#   ...-linger3us       randread QD32 with --linger 3us (reap until the CQ is quiet 3 µs, then
+#                       resubmit with one doorbell)
 # for 4 KiB randread QD1, randread QD32 and randwrite QD32, plus randread QD32 with two
 # submitters (fio numjobs=2 / nvmectl perf -j 2, on CPUs 0-1 and both on CPU 0) for scaling.
 # Every row gets its ratio to kernel-polled (fio as the issue specifies it) and, where measured,
