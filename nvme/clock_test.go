@@ -1,6 +1,8 @@
 package nvme
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -88,5 +90,51 @@ func TestSpinningPairReadsClockRarely(t *testing.T) {
 	limit := int(elapsed/clockRefresh) + int(q.reaps)/(tickEvery*refreshEvery) + 2
 	if reads == 0 || reads > limit {
 		t.Errorf("the clock was read %d times in %v (%d Reaps), want 1 to %d", reads, elapsed, q.reaps, limit)
+	}
+}
+
+// TestExecContext checks the synchronous path's deadline: the I/O timeout
+// never fires early (a false timeout aborts a command and can reset the
+// controller), the caller's own deadline and cancellation still count, and
+// Deadline bounds a blocking wait by the earlier of the two.
+func TestExecContext(t *testing.T) {
+	interval := iopoll.ProcessClock().Ticks(clockRefresh)
+	var x execContext
+	const timeout = 30 * time.Millisecond
+	start := time.Now()
+	x.begin(context.Background(), timeout, interval)
+	for x.Err() == nil {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("no DeadlineExceeded 5 s into a 30 ms timeout")
+		}
+	}
+	d := time.Since(start)
+	if err := x.Err(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Err = %v, want DeadlineExceeded", err)
+	}
+	if d < timeout {
+		t.Errorf("timed out after %v, before the %v timeout", d, timeout)
+	}
+	if e := x.elapsed(); e < timeout || e > d+time.Millisecond {
+		t.Errorf("elapsed() = %v for a wait of %v", e, d)
+	}
+
+	// Deadline: the timeout's, or the caller's when that is earlier.
+	x.begin(context.Background(), time.Hour, interval)
+	if dl, ok := x.Deadline(); !ok || time.Until(dl) < 59*time.Minute {
+		t.Errorf("Deadline() = %v, %v; want about an hour from now", dl, ok)
+	}
+	parent, cancel := context.WithTimeout(context.Background(), time.Minute)
+	x.begin(parent, time.Hour, interval)
+	want, _ := parent.Deadline()
+	if dl, ok := x.Deadline(); !ok || !dl.Equal(want) {
+		t.Errorf("Deadline() = %v, want the caller's %v", dl, want)
+	}
+	cancel()
+	if err := x.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Err after the caller cancelled = %v, want Canceled", err)
+	}
+	if x.Done() != parent.Done() {
+		t.Error("Done is not the caller's channel")
 	}
 }

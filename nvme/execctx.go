@@ -13,11 +13,12 @@ import (
 // per I/O, and in a guest with the HPET clocksource a clock read is a
 // system call that waits for the hypervisor's device lock.
 //
-// It reads the system clock only when its clockGate opens: the call's start
-// is taken the first time (clockRefresh in by the TSC, so a call that ends
-// sooner never reads it) and the timeout is checked on later openings. A
-// timeout therefore comes up to two clockRefresh late, never early, however
-// the TSC behaves.
+// It reads the system clock only when its clockGate opens, or when a poller
+// about to block asks for the Deadline: the call's start is taken the first
+// time (clockRefresh in by the TSC, so a spinning call that ends sooner
+// never reads it) and the timeout is checked on later openings. A timeout
+// therefore comes up to two clockRefresh late (or one blocking wait, which
+// the Deadline bounds), never early, however the TSC behaves.
 type execContext struct {
 	context.Context // the caller's
 
@@ -27,6 +28,7 @@ type execContext struct {
 	startTicks int64
 	start      time.Time     // zero until the gate first opens
 	lead       time.Duration // TSC time from startTicks to start, for messages
+	expired    bool          // the timeout has passed
 }
 
 // begin readies x for one call under ctx.
@@ -41,19 +43,46 @@ func (x *execContext) Err() error {
 	if err := x.Context.Err(); err != nil {
 		return err
 	}
+	if x.expired {
+		return context.DeadlineExceeded
+	}
 	if !x.gate.due(x.interval) {
 		return nil
 	}
 	now := time.Now()
-	if x.start.IsZero() {
-		x.start = now
-		x.lead = min(iopoll.ProcessClock().Duration(iopoll.Ticks()-x.startTicks), 2*clockRefresh)
+	if x.takeStart(now) {
 		return nil
 	}
 	if now.Sub(x.start) >= x.timeout {
+		x.expired = true // a context's Err stays set
 		return context.DeadlineExceeded
 	}
 	return nil
+}
+
+// Deadline is the earlier of the caller's deadline and the I/O timeout's.
+// Only a poller about to block asks for it (the interrupt modes bound
+// their sleep by it), and it makes a system call then anyway, so the start
+// is taken here if it was not yet.
+func (x *execContext) Deadline() (time.Time, bool) {
+	x.takeStart(time.Now())
+	dl := x.start.Add(x.timeout)
+	if pd, ok := x.Context.Deadline(); ok && pd.Before(dl) {
+		return pd, true
+	}
+	return dl, true
+}
+
+// takeStart records now as the call's start if none was taken yet, and
+// reports whether it did. The start is later than the true one, so every
+// deadline measured from it is too.
+func (x *execContext) takeStart(now time.Time) bool {
+	if !x.start.IsZero() {
+		return false
+	}
+	x.start = now
+	x.lead = min(iopoll.ProcessClock().Duration(iopoll.Ticks()-x.startTicks), 2*clockRefresh)
+	return true
 }
 
 // waited is how long the call has been waiting by the system clock, 0 if
