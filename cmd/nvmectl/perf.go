@@ -64,7 +64,7 @@ func cmdPerf(e *env, args []string) error {
 	fs.Float64Var(&c.seconds, "t", 0, "run time in `SECONDS` (fractions allowed)")
 	fs.IntVar(&c.queues, "j", 1, "number of queue pairs (`QUEUES`), each driven by its own goroutine")
 	fs.IntVar(&c.batch, "batch-complete", 0, "reap at most `N` completions per poll before submitting again (fio's iodepth_batch_complete_max; default: the queue depth)")
-	fs.DurationVar(&c.linger, "linger", 0, "after a poll finds completions, keep reaping until none has come for `DURATION` (e.g. 3us), then submit them all with one doorbell (default 0: submit at once)")
+	fs.DurationVar(&c.linger, "linger", 0, "after a poll finds completions, keep reaping until none has come for `DURATION` (e.g. 3us), then submit them all with one doorbell; 0 submits at once")
 	asJSON := jsonFlags(fs)
 	fs.Lookup("json").Usage = "print the results as JSON"
 	fs.BoolVar(&c.hist, "histogram", false, "print the latency histogram")
