@@ -122,9 +122,8 @@ func TestConfine(t *testing.T) {
 func TestPerfCPUs(t *testing.T) {
 	allowed, _ := allowedCPUs()
 	cpu := strconv.Itoa(allowed[0])
-	var r perfJSON
-	if err := json.Unmarshal([]byte(mustRun(t, nil, "perf", "sim", "-q", "4", "-w", "randread", "-t", "0.1", "--json")), &r); err != nil || r.CPUs != "any" {
-		t.Errorf("perf on sim: cpus %q, %v; want any", r.CPUs, err)
+	if r := runPerfJSON(t, "-q", "4", "-w", "randread", "-t", "0.1"); r.CPUs != "any" {
+		t.Errorf("perf on sim: cpus %q; want any", r.CPUs)
 	}
 	out := mustRun(t, nil, "perf", "sim", "-q", "4", "-w", "randread", "-t", "0.1", "--cpus", cpu)
 	if !strings.Contains(out, "queue pair(s), CPUs "+cpu+",") {
@@ -139,11 +138,7 @@ func TestPerfCPUs(t *testing.T) {
 // TestPerfBatchComplete: --batch-complete caps what one poll reaps, the run
 // still completes I/Os, and the report says so.
 func TestPerfBatchComplete(t *testing.T) {
-	var r perfJSON
-	out := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.2", "--batch-complete", "2", "--json")
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("perf --json: %v\n%s", err, out)
-	}
+	r := runPerfJSON(t, "-q", "8", "-w", "randread", "-t", "0.2", "--batch-complete", "2")
 	if r.Batch != 2 || r.Total.IOs == 0 || r.Total.Errors != 0 {
 		t.Errorf("perf --batch-complete 2: batch_complete %d, %d I/Os, %d errors; want 2, some, 0", r.Batch, r.Total.IOs, r.Total.Errors)
 	}
@@ -152,8 +147,8 @@ func TestPerfBatchComplete(t *testing.T) {
 	if db := r.Total.Doorbells; db == nil || db.SQPerIO < 0.49 {
 		t.Errorf("perf --batch-complete 2: SQ doorbell updates per I/O %+v, want at least 0.5", db)
 	}
-	if err := json.Unmarshal([]byte(mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.1", "--json")), &r); err != nil || r.Batch != 8 {
-		t.Errorf("perf without --batch-complete: batch_complete %d, %v; want the depth, 8", r.Batch, err)
+	if r := runPerfJSON(t, "-q", "8", "-w", "randread", "-t", "0.1"); r.Batch != 8 {
+		t.Errorf("perf without --batch-complete: batch_complete %d; want the depth, 8", r.Batch)
 	}
 	human := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.1", "--batch-complete", "4")
 	if !strings.Contains(human, "queue depth 8 (reaping at most 4 per poll)") {
@@ -165,11 +160,7 @@ func TestPerfBatchComplete(t *testing.T) {
 // that long, so what one round resubmits (with one SQ doorbell update) is
 // most of the depth, and the report says so.
 func TestPerfLinger(t *testing.T) {
-	var r perfJSON
-	out := mustRun(t, nil, "perf", "sim", "-q", "8", "-w", "randread", "-t", "0.2", "--linger", "2ms", "--json")
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("perf --json: %v\n%s", err, out)
-	}
+	r := runPerfJSON(t, "-q", "8", "-w", "randread", "-t", "0.2", "--linger", "2ms")
 	if r.LingerUS != 2000 || r.Total.IOs == 0 || r.Total.Errors != 0 {
 		t.Errorf("perf --linger 2ms: linger_us %v, %d I/Os, %d errors; want 2000, some, 0", r.LingerUS, r.Total.IOs, r.Total.Errors)
 	}
@@ -182,4 +173,16 @@ func TestPerfLinger(t *testing.T) {
 	if !strings.Contains(human, "queue depth 8 (lingering 3µs for more completions)") {
 		t.Errorf("perf --linger 3us does not say so:\n%s", human)
 	}
+}
+
+// runPerfJSON runs nvmectl perf on the sim with args and --json and decodes
+// the report.
+func runPerfJSON(t *testing.T, args ...string) perfJSON {
+	t.Helper()
+	out := mustRun(t, nil, append(append([]string{"perf", "sim"}, args...), "--json")...)
+	var r perfJSON
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("perf %v --json: %v\n%s", args, err, out)
+	}
+	return r
 }
