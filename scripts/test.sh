@@ -50,8 +50,11 @@ stage() {
 }
 
 check_gofmt() {
-	local bad
-	bad=$(gofmt -l $(git ls-files --cached --others --exclude-standard '*.go'))
+	local files bad
+	# With no file arguments gofmt reads stdin and passes, so a git failure must not look clean.
+	files=$(git ls-files --cached --others --exclude-standard '*.go') || { echo "git ls-files failed: cannot list the Go files to check"; return 1; }
+	[[ -n $files ]] || { echo "git ls-files found no Go files to check"; return 1; }
+	bad=$(gofmt -l $files) || { echo "gofmt -l failed"; return 1; }
 	[[ -z $bad ]] && return 0
 	echo "gofmt -l: these files need gofmt -w:"
 	echo "$bad"
