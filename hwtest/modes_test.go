@@ -75,10 +75,17 @@ func TestCompletionModes(t *testing.T) {
 					t.Errorf("poll mode blocked %d times, %d interrupts", st.Blocks, irqs)
 				}
 			case nvme.ModeInterrupt:
-				// Under TCG each command takes far longer than one device
-				// poll, so nearly every one of the 2n waits sleeps.
-				if st.Wakeups < n || irqs < n {
-					t.Errorf("interrupt mode: %d wake-ups, %d interrupts for %d commands; want most commands woken by an interrupt", st.Wakeups, irqs, 2*n)
+				// The device raises a vector for each completion it posts
+				// with IEN set, so irqs follows the commands. How many
+				// waits sleep depends on the host: a command that finishes
+				// while the reaper clears the eventfd (a system call) is
+				// found by the poll after it. Under TCG on an idle host
+				// nearly all of the 2n do; CI's loaded 2 cores have seen 28.
+				if irqs < n {
+					t.Errorf("interrupt mode: %d interrupts for %d commands; want one per completion posted", irqs, 2*n)
+				}
+				if st.Wakeups < n/4 {
+					t.Errorf("interrupt mode: %d of %d commands woken by an interrupt; want at least %d", st.Wakeups, 2*n, n/4)
 				}
 				if st.Timeouts > st.Blocks/10 {
 					t.Errorf("interrupt mode: %d of %d blocking waits ran out their slice: interrupts are being lost", st.Timeouts, st.Blocks)
