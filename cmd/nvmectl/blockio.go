@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nvmepoll/nvmepoll/nvme"
@@ -25,8 +27,8 @@ type blockRange struct {
 func rangeFlags(fs *flag.FlagSet, withCount bool) *blockRange {
 	r := &blockRange{}
 	fs.Func("lba", "`LBA` of the first block", func(s string) error {
-		_, err := fmt.Sscan(s, &r.lba)
-		r.lbaSet = true
+		v, err := parseUint(s, 64)
+		r.lba, r.lbaSet = v, true
 		return numErr("lba", s, err)
 	})
 	fs.Func("offset", "first `BYTE` (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
@@ -36,8 +38,8 @@ func rangeFlags(fs *flag.FlagSet, withCount bool) *blockRange {
 	})
 	if withCount {
 		fs.Func("count", "number of `BLOCKS`", func(s string) error {
-			_, err := fmt.Sscan(s, &r.count)
-			r.cntSet = true
+			v, err := parseUint(s, 64)
+			r.count, r.cntSet = v, true
 			return numErr("count", s, err)
 		})
 		fs.Func("size", "number of `BYTES` (a multiple of the block size; suffixes K, M, G, KiB...)", func(s string) error {
@@ -47,6 +49,16 @@ func rangeFlags(fs *flag.FlagSet, withCount bool) *blockRange {
 		})
 	}
 	return r
+}
+
+// parseUint takes all of s as a decimal or 0x-prefixed hex number that fits in bits bits.
+// fmt.Sscan would stop at the first character it cannot use ("1e6" is 1, "100k" is 100) and
+// read a leading 0 as octal ("0800" is 0): each a block the operator never named.
+func parseUint(s string, bits int) (uint64, error) {
+	if h, ok := strings.CutPrefix(strings.ToLower(s), "0x"); ok {
+		return strconv.ParseUint(h, 16, bits)
+	}
+	return strconv.ParseUint(s, 10, bits)
 }
 
 func numErr(name, s string, err error) error {

@@ -301,8 +301,8 @@ func cmdIDNS(e *env, args []string) error {
 func nsidFlag(fs *flag.FlagSet) *uint32 {
 	n := new(uint32)
 	set := func(s string) error {
-		var v uint64
-		if _, err := fmt.Sscan(s, &v); err != nil || v > 0xffffffff {
+		v, err := parseUint(s, 32)
+		if err != nil {
 			return fmt.Errorf("namespace id %q is not a number from 1 to 4294967295", s)
 		}
 		*n = uint32(v)

@@ -460,6 +460,12 @@ func TestBadInput(t *testing.T) {
 		{[]string{"read", "sim", "-n", "1", "--lba", "0", "--size", "1000"}, exitUsage, "--size 1000 is not a multiple"},
 		{[]string{"read", "sim", "-n", "1", "--lba", "0", "--size", "1Q"}, exitUsage, "not a byte count"},
 		{[]string{"read", "sim", "-n", "1", "--lba", "-1", "--count", "1"}, exitUsage, "--lba"},
+		// A number is all of its text: fmt.Sscan would have read these as lba 1, 100 and 0.
+		{[]string{"read", "sim", "-n", "1", "--lba", "1e6", "--count", "1"}, exitUsage, `--lba "1e6" is not a non-negative integer`},
+		{[]string{"read", "sim", "-n", "1", "--lba", "0", "--count", "100k"}, exitUsage, `--count "100k" is not a non-negative integer`},
+		{[]string{"read", "sim", "-n", "1", "--lba", "08x", "--count", "1"}, exitUsage, `--lba "08x"`},
+		{[]string{"read", "sim", "-n", "1x", "--lba", "0", "--count", "1"}, exitUsage, `namespace id "1x"`},
+		{[]string{"read", "sim", "-n", "4294967296", "--lba", "0", "--count", "1"}, exitUsage, "from 1 to 4294967295"},
 		{[]string{"read", "sim", "-n", "1", "--lba", "0", "--count", "0"}, exitUsage, "0 blocks"},
 		{[]string{"read", "sim", "-n", "1", "--lba", "0", "--count", "1", "--output", filepath.Join(dir, "no/such/dir/f")}, exitFailure, "cannot write the output file"},
 		{[]string{"write", "sim", "-n", "1", "--lba", "0", "--input", odd}, exitUsage, "1000 bytes, not a multiple of the 512-byte block size; add --pad"},
@@ -473,6 +479,15 @@ func TestBadInput(t *testing.T) {
 		{[]string{"perf", "sim", "-q", "0", "-w", "randread", "-t", "1"}, exitUsage, "queue depth -q 0"},
 		{[]string{"perf", "sim", "-q", "5000", "-w", "randread", "-t", "1"}, exitUsage, "queue depth -q 5000 is above the controller's limit of 2047"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread"}, exitUsage, "run time"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "NaN"}, exitUsage, "run time -t NaN: give a number of seconds above 0, at most 1000000"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1e300"}, exitUsage, "run time -t 1e+300"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--rate", "1e-300"}, exitUsage, "--rate 1e-300: give I/Os per second from 0.001 to 1e+09"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--rate", "NaN"}, exitUsage, "--rate NaN"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--mix", "70"}, exitUsage, "--mix 70 applies to -w randrw and --verify, not -w randread"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--verify"}, exitUsage, "--verify chooses reads and writes itself"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--ack-log", filepath.Join(dir, "acks")}, exitUsage, "add --verify"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--window-max", "1ms"}, exitUsage, "--window-max 1ms caps the adaptive poll window; add --mode adaptive"},
+		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "--mode", "adaptive", "--window-max", "-1s"}, exitUsage, "--window-max -1s: give a positive duration"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-o", "1000"}, exitUsage, "-o 1000 is not a multiple"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-o", "4M"}, exitUsage, "largest transfer"},
 		{[]string{"perf", "sim", "-q", "8", "-w", "randread", "-t", "1", "-j", "99"}, exitUsage, "-j 99"},
@@ -673,13 +688,18 @@ func TestParseMounts(t *testing.T) {
 // demo's (serial nvmepoll-demo...), so a benchmark cannot wipe a real disk by accident.
 func TestPerfWriteGuard(t *testing.T) {
 	for _, tc := range []struct {
-		serial string
-		force  bool
-		ok     bool
+		serial   string
+		workload string
+		verify   bool // --verify writes whatever -w says
+		force    bool
+		ok       bool
 	}{
-		{"prod-disk-1", false, false},
-		{"prod-disk-1", true, true},
-		{"nvmepoll-demo", false, true},
+		{"prod-disk-1", "randwrite", false, false, false},
+		{"prod-disk-1", "randwrite", false, true, true},
+		{"prod-disk-1", "randread", false, false, true},
+		{"prod-disk-1", "randrw", true, false, false},
+		{"prod-disk-1", "randrw", true, true, true},
+		{"nvmepoll-demo", "randwrite", false, false, true},
 	} {
 		sharedSim(t, nvmetest.Config{SerialNumber: tc.serial})
 		d, err := openDevice("sim", &nvme.Options{IOQueues: 1})
@@ -688,12 +708,12 @@ func TestPerfWriteGuard(t *testing.T) {
 		}
 		d.sim = false // as if it were a PCI device
 		var out bytes.Buffer
-		c := &perfConfig{nsid: 1, depth: 4, ioSize: 4096, workload: "randwrite", seconds: 0.05, queues: 1, force: tc.force}
+		c := &perfConfig{nsid: 1, depth: 4, ioSize: 4096, workload: tc.workload, verify: tc.verify, mix: 50, seconds: 0.05, queues: 1, force: tc.force}
 		err = runPerf(&env{stdout: &out, stderr: &out}, d, c)
 		d.Close()
 		var ue *usageError
 		if tc.ok && err != nil || !tc.ok && (!errors.As(err, &ue) || !strings.Contains(err.Error(), "add --force")) {
-			t.Errorf("serial %q force %v: err %v", tc.serial, tc.force, err)
+			t.Errorf("serial %q -w %s verify %v force %v: err %v", tc.serial, tc.workload, tc.verify, tc.force, err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -53,6 +54,14 @@ type perfConfig struct {
 	first, span  uint64 // the same in blocks, resolved against the namespace
 }
 
+// Limits on perf's float flags: a run time or pacing interval past them would overflow
+// time.Duration (and NaN passes every comparison but these).
+const (
+	maxPerfSeconds = 1_000_000 // 11.5 days
+	minPerfRate    = 0.001     // one I/O per 1000 s
+	maxPerfRate    = 1e9
+)
+
 func cmdPerf(e *env, args []string) error {
 	fs := newFlags("perf")
 	var c perfConfig
@@ -98,8 +107,20 @@ func cmdPerf(e *env, args []string) error {
 	if c.ioSize, err = parseSize(*size); err != nil {
 		return usagef("-o: %v", err)
 	}
-	if c.verify && c.workload == "" {
-		c.workload = "randrw" // verify chooses reads and writes itself
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	switch {
+	case c.verify && c.workload != "":
+		return usagef("--verify chooses reads and writes itself (--mix sets the reads %%); drop -w %s", c.workload)
+	case c.verify:
+		c.workload = "randrw"
+	case c.ackLog != "":
+		return usagef("--ack-log %s records --verify's writes; add --verify", c.ackLog)
+	case given["mix"] && c.workload != "randrw":
+		return usagef("--mix %d applies to -w randrw and --verify, not -w %s", c.mix, c.workload)
+	}
+	if given["window-max"] && c.mode != nvme.ModeAdaptive {
+		return usagef("--window-max %v caps the adaptive poll window; add --mode adaptive", c.window)
 	}
 	switch c.workload {
 	case "randread", "randwrite", "read", "write", "randrw":
@@ -115,16 +136,18 @@ func cmdPerf(e *env, args []string) error {
 		return usagef("--batch-complete %d: give 1 to the queue depth, %d", c.batch, c.depth)
 	case c.linger < 0 || c.linger > time.Second:
 		return usagef("--linger %v: give a duration from 0 (off) to 1s", c.linger)
-	case c.seconds <= 0:
-		return usagef("run time -t %g: give a positive number of seconds", c.seconds)
+	case !(c.seconds > 0 && c.seconds <= maxPerfSeconds): // also false for NaN
+		return usagef("run time -t %g: give a number of seconds above 0, at most %d", c.seconds, maxPerfSeconds)
 	case c.queues <= 0:
 		return usagef("-j %d: give at least 1 queue pair", c.queues)
 	case c.mix < 0 || c.mix > 100:
 		return usagef("--mix %d: a percentage of reads, 0-100", c.mix)
 	case c.ioSize <= 0:
 		return usagef("-o %s: the I/O size must be positive", *size)
-	case c.rate < 0:
-		return usagef("--rate %g: give a positive number of I/Os per second", c.rate)
+	case !(c.rate == 0 || c.rate >= minPerfRate && c.rate <= maxPerfRate): // also false for NaN
+		return usagef("--rate %g: give I/Os per second from %g to %g, or 0 for unpaced", c.rate, minPerfRate, maxPerfRate)
+	case c.window < 0:
+		return usagef("--window-max %v: give a positive duration", c.window)
 	}
 	// perf uses only its own queue pairs (the synchronous API makes its pair on first use, and
 	// perf never uses it), so a one-queue controller can still run -j 1.
@@ -195,6 +218,9 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	c.first, c.span = uint64(c.offset/bs), uint64(c.size/bs)
 	if sq, cq := d.ctrl.QueuesGranted(); c.queues > min(sq, cq) {
 		return usagef("-j %d: the controller granted %d I/O queue pairs; use -j %d at most", c.queues, min(sq, cq), min(sq, cq))
+	}
+	if c.verify && !c.force && !d.sim && !strings.HasPrefix(d.ctrl.Identify().SN, demoSerialPrefix) {
+		return usagef("--verify writes every block it checks on %s (serial %q); add --force if that is what you want", d.name, d.ctrl.Identify().SN)
 	}
 	if c.writes() && !c.force && !d.sim && !strings.HasPrefix(d.ctrl.Identify().SN, demoSerialPrefix) {
 		return usagef("-w %s overwrites data on %s (serial %q); add --force if that is what you want", c.workload, d.name, d.ctrl.Identify().SN)
