@@ -320,6 +320,16 @@ func (s *ioSetup) streamInput(e *env, d *device, ns *nvme.Namespace, input strin
 	return lba, n, err
 }
 
+// partly says what a streaming command did before err stopped it. Once blocks have gone to
+// the device, the error is no longer a usage mistake (exit 2, "nothing happened") even when
+// its cause was the input: the operator must know the device changed.
+func partly(err error, done uint64, format string, a ...any) error {
+	if done == 0 {
+		return err
+	}
+	return fmt.Errorf("%s, then stopped: %s", fmt.Sprintf(format, a...), err)
+}
+
 func cmdWrite(e *env, args []string) error {
 	s := newIOSetup("write", true, false)
 	input, pad := inputFlags(s.fs)
@@ -331,7 +341,7 @@ func cmdWrite(e *env, args []string) error {
 			return nil
 		})
 		if err != nil {
-			return err
+			return partly(err, n, "wrote %d blocks at lba %d of %s namespace %d", n, lba, d.name, ns.ID())
 		}
 		fmt.Fprintf(e.stderr, "wrote %d blocks (%d bytes) at lba %d of %s namespace %d\n", n, n*uint64(ns.BlockSize()), lba, d.name, ns.ID())
 		return nil
@@ -364,7 +374,7 @@ func cmdCompare(e *env, args []string) error {
 			return nil
 		})
 		if err != nil {
-			return err
+			return partly(err, n, "%d blocks at lba %d matched", n, lba)
 		}
 		fmt.Fprintf(e.stdout, "compare: %d blocks at lba %d match\n", n, lba)
 		return nil

@@ -400,6 +400,18 @@ func TestReadWriteRoundTrip(t *testing.T) {
 		t.Errorf("padded block reads back as %q", blk)
 	}
 
+	// A stream that ends mid-block after a full transfer has already changed the device: the
+	// error says so and is not a usage error ("nothing happened").
+	chunk := 512 << 10 // the model's MDTS 7
+	long := bytes.Repeat([]byte{0xa5}, chunk+100)
+	_, errs, code := nvmectl(t, long, "write", "sim", "-n", "1", "--lba", "4096")
+	if code != exitFailure || !strings.Contains(errs, "wrote 1024 blocks at lba 4096") || !strings.Contains(errs, "add --pad") {
+		t.Errorf("write of a stream ending mid-block: exit %d, stderr %q; want 1, the blocks written and the --pad hint", code, errs)
+	}
+	if got := mustRun(t, nil, "read", "sim", "-n", "1", "--lba", "4096", "--count", "1024"); got != string(long[:chunk]) {
+		t.Error("the blocks the error says were written are not on the device")
+	}
+
 	mustRun(t, nil, "write-zeroes", "sim", "-n", "1", "--lba", "2048", "--count", "8")
 	if z := mustRun(t, nil, "read", "sim", "-n", "1", "--lba", "2048", "--count", "8"); z != string(make([]byte, 4096)) {
 		t.Error("blocks are not zero after write-zeroes")
