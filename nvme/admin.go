@@ -270,11 +270,17 @@ func (c *Controller) deleteIOCQ(ctx context.Context, qid uint16) error {
 // GetLogPage reads len(buf) bytes (a multiple of 4) of log page lid for
 // nsid (0xffffffff: all namespaces; 0 when the page is not per namespace),
 // starting at byte offset off of the page. Reads larger than a page are
-// split into page-sized commands.
+// split into page-sized commands. A read past the first page needs offsets,
+// which a controller without Identify LPA bit 2 (extended data) does not
+// take: it would answer every command with the page's start.
 func (c *Controller) GetLogPage(ctx context.Context, lid LogPageID, nsid uint32, off uint64, buf []byte) error {
 	if len(buf) == 0 || len(buf)%4 != 0 || off%4 != 0 {
 		return fmt.Errorf("nvme: Get Log Page %v: %w: %d bytes at offset %d (both must be non-zero multiples of 4)",
 			lid, ErrInvalidArgument, len(buf), off)
+	}
+	if (off != 0 || len(buf) > PageSize) && !c.logOffsets() {
+		return fmt.Errorf("nvme: Get Log Page %v, %d bytes at offset %d: %w: LPA 0x%02x has no extended data (bit 2), so reads start at 0 and end within %d bytes",
+			lid, len(buf), off, ErrNotSupported, c.id.LPA, PageSize)
 	}
 	c.adminMu.Lock()
 	defer c.adminMu.Unlock()
@@ -297,6 +303,20 @@ func (c *Controller) GetLogPage(ctx context.Context, lid LogPageID, nsid uint32,
 	return nil
 }
 
+// logOffsets reports whether Get Log Page takes an offset (LPA bit 2).
+func (c *Controller) logOffsets() bool { return c.id.LPA&(1<<2) != 0 }
+
+// ErrorLogEntries is how many Error Information entries one read can return:
+// the controller's ELPE+1, or as many as fit in one page when it takes no
+// log offsets (the newest entries come first, so those are the ones kept).
+func (c *Controller) ErrorLogEntries() int {
+	n := int(c.id.ELPE) + 1
+	if !c.logOffsets() {
+		n = min(n, PageSize/ErrorLogEntrySize)
+	}
+	return n
+}
+
 // SMARTLog reads the controller-wide SMART / Health Information log.
 func (c *Controller) SMARTLog(ctx context.Context) (*SMARTLog, error) {
 	buf := make([]byte, SMARTLogSize)
@@ -313,9 +333,7 @@ func (c *Controller) SMARTLog(ctx context.Context) (*SMARTLog, error) {
 // ErrorLog reads up to n entries of the Error Information log (newest
 // first). n is capped at the controller's ELPE+1.
 func (c *Controller) ErrorLog(ctx context.Context, n int) ([]ErrorLogEntry, error) {
-	if max := int(c.id.ELPE) + 1; n > max {
-		n = max
-	}
+	n = min(n, c.ErrorLogEntries())
 	if n <= 0 {
 		return nil, fmt.Errorf("nvme: error log: %w: %d entries", ErrInvalidArgument, n)
 	}

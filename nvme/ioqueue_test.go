@@ -468,6 +468,44 @@ func TestAdminCommands(t *testing.T) {
 	}
 }
 
+// A controller without LPA bit 2 takes no log page offsets: a read at an offset is
+// refused before anything is sent (it would get the page's start again, labelled as the
+// rest), and ErrorLog keeps to the entries one page holds.
+func TestLogPageWithoutOffsets(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		lpa     uint8
+		entries int // ErrorLogEntries
+	}{
+		{"extended data", 1 << 2, 256},
+		{"no extended data", 0, PageSize / ErrorLogEntrySize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := nvmetest.NewController(t, nvmetest.Config{})
+			m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(1), Identify: func(b []byte) { b[261], b[262] = tc.lpa, 255 }})
+			c, err := Open(m, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.ErrorLogEntries(); got != tc.entries {
+				t.Errorf("ErrorLogEntries = %d, want %d (ELPE 255, LPA 0x%02x)", got, tc.entries, tc.lpa)
+			}
+			before := m.Stats().AdminCommands[AdminGetLogPage]
+			err = c.GetLogPage(ctx, LogErrorInformation, 0, ErrorLogEntrySize, make([]byte, ErrorLogEntrySize))
+			sent := m.Stats().AdminCommands[AdminGetLogPage] - before
+			if tc.lpa == 0 {
+				if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "LPA 0x00") || sent != 0 {
+					t.Errorf("read at offset %d: %v, %d commands sent; want ErrNotSupported naming LPA and nothing sent", ErrorLogEntrySize, err, sent)
+				}
+			} else if err != nil || sent != 1 {
+				t.Errorf("read at offset %d: %v, %d commands sent; want one command", ErrorLogEntrySize, err, sent)
+			}
+		})
+	}
+}
+
 // BenchmarkSubmitReap measures the hot path: submit 4 KiB reads on one
 // queue pair and reap them, against the model in inline mode (it completes
 // a command inside the doorbell write and copies the data). The model

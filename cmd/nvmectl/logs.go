@@ -136,9 +136,12 @@ func cmdErrorLog(e *env, args []string) error {
 	return withDevice(spec, nil, func(d *device) error {
 		ctx, cancel := ctxTimeout()
 		defer cancel()
-		max := int(d.ctrl.Identify().ELPE) + 1
+		max := d.ctrl.ErrorLogEntries()
 		n := *entries
-		if n == 0 || n > max {
+		if n > max {
+			return usagef("-e %d: %s keeps at most %d error log entries", n, d.name, max)
+		}
+		if n == 0 {
 			n = max
 		}
 		raw := make([]byte, n*nvme.ErrorLogEntrySize)

@@ -460,6 +460,7 @@ func TestBadInput(t *testing.T) {
 	}{
 		{[]string{"read"}, exitUsage, "no device given"},
 		{[]string{"read", "sim", "sim"}, exitUsage, "one device expected"},
+		{[]string{"error-log", "sim", "-e", "1000"}, exitUsage, "-e 1000: sim:64MiB keeps at most 64 error log entries"},
 		{[]string{"read", "sim", "--lba", "0", "--count", "1"}, exitUsage, "-n NSID"},
 		{[]string{"read", "sim", "-n", "0", "--lba", "0", "--count", "1"}, exitUsage, "-n NSID"},
 		{[]string{"read", "sim", "-n", "2", "--lba", "0", "--count", "1"}, exitFailure, "namespace 2"},
