@@ -386,6 +386,9 @@ func (q *QueuePair) build(r *Request, cmd *queue.Command) (int, error) {
 		if r.Buf.Len() < n {
 			return 0, fmt.Errorf("nvme: %w: buffer of %d bytes is too small for %d ranges (%d bytes)", ErrInvalidArgument, r.Buf.Len(), r.Blocks, n)
 		}
+		if err := ns.checkRanges(r.Buf.Bytes[:n]); err != nil {
+			return 0, err
+		}
 		cmd.CDW10 = uint32(r.Blocks - 1)
 		cmd.CDW11 = 1 << 2 // AD: deallocate
 		return n, nil
@@ -394,6 +397,9 @@ func (q *QueuePair) build(r *Request, cmd *queue.Command) (int, error) {
 		return 0, fmt.Errorf("nvme: %w: opcode %v is not supported by Submit", ErrInvalidArgument, r.Opcode)
 	}
 	blocks := r.Blocks
+	if blocks < 0 {
+		return 0, fmt.Errorf("nvme: %w: %v of %d blocks at lba %d (Blocks must be 0 to 65536)", ErrInvalidArgument, r.Opcode, blocks, r.LBA)
+	}
 	if blocks == 0 && r.Opcode != NVMWriteZeroes {
 		blocks = r.Buf.Len() >> ns.shift
 	}

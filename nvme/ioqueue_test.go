@@ -3,6 +3,7 @@ package nvme
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/nvmepoll/nvmepoll/iopoll"
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
 	"github.com/nvmepoll/nvmepoll/queue"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
 
 // asyncSetup opens a model, namespace 1, one queue pair and a pool.
@@ -670,6 +672,17 @@ func TestSGL(t *testing.T) {
 	}
 }
 
+// dsmRanges writes Dataset Management ranges into the start of buf, as a caller of Submit does.
+func dsmRanges(buf dma.Buffer, rs ...BlockRange) dma.Buffer {
+	for i, rg := range rs {
+		e := buf.Bytes[i*16:]
+		binary.LittleEndian.PutUint32(e[0:], 0)
+		binary.LittleEndian.PutUint32(e[4:], rg.Blocks)
+		binary.LittleEndian.PutUint64(e[8:], rg.LBA)
+	}
+	return buf
+}
+
 func TestSubmitBadInput(t *testing.T) {
 	c, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}}, nil, 8)
 	buf, _ := pool.Get() // 128 KiB
@@ -678,6 +691,8 @@ func TestSubmitBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	bigBuf, _ := big.Get()
+	rangeBuf, _ := pool.Get()
+	emptyRangeBuf, _ := pool.Get()
 	cases := []struct {
 		name string
 		r    *Request
@@ -690,6 +705,10 @@ func TestSubmitBadInput(t *testing.T) {
 		{"above MDTS", &Request{Opcode: NVMRead, Namespace: ns, Buf: bigBuf}, "1048576 bytes in one command, the controller takes at most 524288"},
 		{"zero length", &Request{Opcode: NVMRead, Namespace: ns}, "zero-length"},
 		{"too many ranges", &Request{Opcode: NVMDatasetManagement, Namespace: ns, Blocks: 257, Buf: buf}, "257 ranges"},
+		{"negative blocks", &Request{Opcode: NVMRead, Namespace: ns, LBA: 8, Blocks: -1, Buf: buf}, "Read of -1 blocks at lba 8"},
+		{"range past the end", &Request{Opcode: NVMDatasetManagement, Namespace: ns, Blocks: 2, Buf: dsmRanges(rangeBuf, BlockRange{LBA: 0, Blocks: 8}, BlockRange{LBA: 8190, Blocks: 4})},
+			"range 1: nvme: invalid argument: lba 8190+4 is past the end of namespace 1 (8192 blocks)"},
+		{"empty range", &Request{Opcode: NVMDatasetManagement, Namespace: ns, Blocks: 1, Buf: dsmRanges(emptyRangeBuf, BlockRange{LBA: 5})}, "range 0: nvme: invalid argument: zero-length"},
 		{"unaligned data", &Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: buf.Slice(2, 512)}, "not dword aligned"},
 	}
 	for _, tc := range cases {

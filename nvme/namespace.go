@@ -123,6 +123,19 @@ func (ns *Namespace) checkRange(lba, n uint64) error {
 	return nil
 }
 
+// checkRanges checks Dataset Management ranges (16 bytes each: attributes,
+// length, starting LBA) as the caller wrote them into DMA memory.
+func (ns *Namespace) checkRanges(b []byte) error {
+	for i := 0; i+16 <= len(b); i += 16 {
+		nlb := binary.LittleEndian.Uint32(b[i+4:])
+		slba := binary.LittleEndian.Uint64(b[i+8:])
+		if err := ns.checkRange(slba, uint64(nlb)); err != nil {
+			return fmt.Errorf("Dataset Management range %d: %w", i/16, err)
+		}
+	}
+	return nil
+}
+
 // byteRange turns a byte offset and length into blocks.
 func (ns *Namespace) byteRange(off int64, n int) (lba uint64, err error) {
 	mask := int64(ns.blockSize - 1)
