@@ -406,8 +406,8 @@ func (q *QueuePair) build(r *Request, cmd *queue.Command) (int, error) {
 	if err := ns.checkRange(r.LBA, uint64(blocks)); err != nil {
 		return 0, err
 	}
-	if blocks > 65536 {
-		return 0, fmt.Errorf("nvme: %w: %d blocks in one command (at most 65536)", ErrInvalidArgument, blocks)
+	if blocks > maxCommandBlocks {
+		return 0, fmt.Errorf("nvme: %w: %d blocks in one command (at most %d)", ErrInvalidArgument, blocks, maxCommandBlocks)
 	}
 	cmd.CDW10, cmd.CDW11 = uint32(r.LBA), uint32(r.LBA>>32)
 	cmd.CDW12 = uint32(blocks - 1)

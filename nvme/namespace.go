@@ -102,6 +102,16 @@ func (ns *Namespace) ID() uint32 { return ns.id }
 // BlockSize is the logical block size in bytes.
 func (ns *Namespace) BlockSize() int { return ns.blockSize }
 
+// MaxTransfer is the largest number of bytes one command moves on this
+// namespace: the controller's MaxTransfer, capped at the 65536 blocks a
+// command's 16-bit block count can name. ReadBlocks and WriteBlocks split
+// larger transfers at this size; Submit refuses a larger Request.
+func (ns *Namespace) MaxTransfer() int { return min(ns.c.maxTransfer, maxCommandBlocks<<ns.shift) }
+
+// maxCommandBlocks is the most blocks one Read, Write, Compare or Write
+// Zeroes names (NLB is 16 bits, 0-based).
+const maxCommandBlocks = 65536
+
 // Blocks is the namespace size in logical blocks (NSZE).
 func (ns *Namespace) Blocks() uint64 { return ns.blocks }
 
@@ -240,7 +250,7 @@ func (ns *Namespace) transfer(ctx context.Context, op NVMOpcode, lba uint64, p [
 	r.FUA, r.bounce = fua, c.syncPool
 	done := 0
 	for done < len(p) {
-		n := min(len(p)-done, c.maxTransfer)
+		n := min(len(p)-done, ns.MaxTransfer())
 		r.LBA = lba + uint64(done>>ns.shift)
 		r.Blocks = n >> ns.shift
 		r.Buf = buf.Slice(0, n)
@@ -286,7 +296,7 @@ func (ns *Namespace) WriteZeroes(ctx context.Context, lba, n uint64) error {
 		return err
 	}
 	for n > 0 {
-		k := min(n, 65536)
+		k := min(n, maxCommandBlocks)
 		if err := ns.simple(ctx, NVMWriteZeroes, lba, int(k)); err != nil {
 			return err
 		}

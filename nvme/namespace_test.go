@@ -116,6 +116,34 @@ func TestReadWriteSmall(t *testing.T) {
 	}
 }
 
+// A controller without a transfer limit still takes at most 65536 blocks a command: the
+// synchronous path splits there, not only at MaxTransfer, so a 33 MiB write of 512-byte
+// blocks goes through as two commands.
+func TestSyncSplitsAt65536Blocks(t *testing.T) {
+	const blocks = 1 << 17
+	c, m := openModel(t, nvmetest.Config{MDTS: -1, Namespaces: []nvmetest.NamespaceConfig{{Blocks: blocks}}},
+		&Options{MaxTransfer: 64 << 20})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ns.MaxTransfer(), 65536*512; got != want {
+		t.Fatalf("MaxTransfer = %d, want %d (65536 blocks, below the controller's %d)", got, want, c.MaxTransfer())
+	}
+	data := bytes.Repeat([]byte("65536bl"), (33<<20)/7+1)[:33<<20]
+	before := m.Stats().IOCommands[nvmetest.OpWrite]
+	if err := ns.WriteBlocks(context.Background(), 8, data); err != nil {
+		t.Fatalf("33 MiB write: %v", err)
+	}
+	if n := m.Stats().IOCommands[nvmetest.OpWrite] - before; n != 2 {
+		t.Errorf("33 MiB write took %d commands, want 2", n)
+	}
+	got := make([]byte, len(data))
+	if err := ns.ReadBlocks(context.Background(), 8, got); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("read back: %v, equal %t", err, bytes.Equal(got, data))
+	}
+}
+
 // TestReadWriteConcurrent writes random data at scattered LBAs, sizes from
 // one block to 2 MiB (four times MDTS, so the synchronous path splits),
 // from 8 goroutines over 4 queue pairs, and reads every write back.

@@ -155,9 +155,9 @@ func (s *ioSetup) open(spec string, f func(d *device, ns *nvme.Namespace) error)
 	})
 }
 
-// chunkBlocks is how many blocks one synchronous call moves: the controller's transfer limit.
-func chunkBlocks(d *device, ns *nvme.Namespace) uint64 {
-	n := uint64(d.ctrl.MaxTransfer() / ns.BlockSize())
+// chunkBlocks is how many blocks one synchronous call moves: the namespace's transfer limit.
+func chunkBlocks(ns *nvme.Namespace) uint64 {
+	n := uint64(ns.MaxTransfer() / ns.BlockSize())
 	if n == 0 {
 		n = 1
 	}
@@ -197,7 +197,7 @@ func cmdRead(e *env, args []string) error {
 		if err := checkRange(ns, lba, n); err != nil {
 			return err
 		}
-		step := chunkBlocks(d, ns)
+		step := chunkBlocks(ns)
 		buf := make([]byte, int(min(step, n))*ns.BlockSize())
 		for done := uint64(0); done < n; {
 			k := min(step, n-done)
@@ -248,7 +248,7 @@ func openInput(e *env, name string) (io.Reader, int64, func(), error) {
 // streamBlocks feeds the input to fn in whole blocks, at most step blocks at a time, starting
 // at lba. It checks the length against the namespace before sending anything when it knows the
 // length (a regular file), and refuses a short final block unless pad.
-func streamBlocks(d *device, ns *nvme.Namespace, in io.Reader, size int64, lba uint64, pad bool, what string,
+func streamBlocks(ns *nvme.Namespace, in io.Reader, size int64, lba uint64, pad bool, what string,
 	fn func(lba uint64, p []byte) error) (uint64, error) {
 	bs := int64(ns.BlockSize())
 	if size == 0 {
@@ -264,7 +264,7 @@ func streamBlocks(d *device, ns *nvme.Namespace, in io.Reader, size int64, lba u
 	} else if lba >= ns.Blocks() {
 		return 0, checkRange(ns, lba, 1)
 	}
-	step := chunkBlocks(d, ns)
+	step := chunkBlocks(ns)
 	buf := make([]byte, int(step)*int(bs))
 	done := uint64(0)
 	for {
@@ -305,7 +305,7 @@ func streamBlocks(d *device, ns *nvme.Namespace, in io.Reader, size int64, lba u
 // streamInput feeds the input file (stdin for "" or "-") to fn block-aligned
 // chunks at a time, from the range's start LBA on: the shared half of write
 // and compare. It returns the start LBA and how many blocks fn took.
-func (s *ioSetup) streamInput(e *env, d *device, ns *nvme.Namespace, input string, pad bool, what string,
+func (s *ioSetup) streamInput(e *env, ns *nvme.Namespace, input string, pad bool, what string,
 	fn func(at uint64, p []byte) error) (lba, n uint64, err error) {
 	lba, err = s.rng.start(ns)
 	if err != nil {
@@ -316,7 +316,7 @@ func (s *ioSetup) streamInput(e *env, d *device, ns *nvme.Namespace, input strin
 		return 0, 0, err
 	}
 	defer done()
-	n, err = streamBlocks(d, ns, in, size, lba, pad, what, fn)
+	n, err = streamBlocks(ns, in, size, lba, pad, what, fn)
 	return lba, n, err
 }
 
@@ -334,7 +334,7 @@ func cmdWrite(e *env, args []string) error {
 	s := newIOSetup("write", true, false)
 	input, pad := inputFlags(s.fs)
 	return s.run(e, "write", args, func(d *device, ns *nvme.Namespace) error {
-		lba, n, err := s.streamInput(e, d, ns, *input, *pad, "write", func(at uint64, p []byte) error {
+		lba, n, err := s.streamInput(e, ns, *input, *pad, "write", func(at uint64, p []byte) error {
 			if err := ns.WriteBlocks(context.Background(), at, p); err != nil {
 				return fmt.Errorf("%s: writing lba %d+%d: %w", d.name, at, len(p)/ns.BlockSize(), err)
 			}
@@ -352,7 +352,7 @@ func cmdCompare(e *env, args []string) error {
 	s := newIOSetup("compare", true, false)
 	input, pad := inputFlags(s.fs)
 	return s.run(e, "compare", args, func(d *device, ns *nvme.Namespace) error {
-		lba, n, err := s.streamInput(e, d, ns, *input, *pad, "compare", func(at uint64, p []byte) error {
+		lba, n, err := s.streamInput(e, ns, *input, *pad, "compare", func(at uint64, p []byte) error {
 			err := ns.Compare(context.Background(), at, p)
 			if errors.Is(err, nvme.ErrCompareFailure) {
 				return fmt.Errorf("%s namespace %d: the data differs from the input in lba %d+%d", d.name, ns.ID(), at, len(p)/ns.BlockSize())

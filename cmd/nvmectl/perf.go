@@ -198,8 +198,8 @@ func runPerf(e *env, d *device, c *perfConfig) error {
 	switch {
 	case c.ioSize%bs != 0:
 		return usagef("-o %d is not a multiple of the %d-byte block size of namespace %d", c.ioSize, bs, ns.ID())
-	case c.ioSize > int64(d.ctrl.MaxTransfer()):
-		return usagef("-o %d is above the controller's largest transfer, %d bytes (MDTS)", c.ioSize, d.ctrl.MaxTransfer())
+	case c.ioSize > int64(ns.MaxTransfer()):
+		return usagef("-o %d is above the largest transfer on namespace %d, %d bytes (MDTS, or 65536 blocks)", c.ioSize, ns.ID(), ns.MaxTransfer())
 	case c.depth > maxDepth:
 		return usagef("queue depth -q %d is above the controller's limit of %d (CAP.MQES allows %d entries, one stays empty)", c.depth, maxDepth, maxDepth+1)
 	}
