@@ -54,7 +54,10 @@ func (d *device) namespace(nsid uint32) (*nvme.Namespace, error) {
 
 func (d *device) nsList() string {
 	ids, err := d.ctrl.ActiveNamespaces(context.Background())
-	if err != nil || len(ids) == 0 {
+	if err != nil {
+		return "unknown, " + err.Error()
+	}
+	if len(ids) == 0 {
 		return "none"
 	}
 	s := make([]string, len(ids))

@@ -92,7 +92,7 @@ func cmdList(e *env, args []string) error {
 			ns = strings.Join(s, "; ")
 		}
 		if ent.Error != "" {
-			ns = "(" + ent.Error + ")"
+			ns = strings.TrimSpace(ns + " (" + ent.Error + ")")
 		}
 		fmt.Fprintf(e.stdout, "%-13s %-9s %-9s %-6s %-20s %-24s %-9s %s\n", ent.Address, ent.VendorID+":"+ent.DeviceID, ent.Driver, group,
 			dash(ent.SerialNumber), dash(ent.ModelNumber), dash(ent.Firmware), ns)
@@ -126,13 +126,18 @@ func describe(ent *listEntry) {
 		ent.Error = "listing namespaces: " + err.Error()
 		return
 	}
+	var failed []string
 	for _, nsid := range ids {
 		ns, err := d.ctrl.NamespaceContext(ctx, nsid)
 		if err != nil {
+			// Listed, not skipped: a namespace that vanishes from list is one the operator
+			// would look for elsewhere.
+			failed = append(failed, fmt.Sprintf("namespace %d: %v", nsid, err))
 			continue
 		}
 		ent.Namespaces = append(ent.Namespaces, listNS{NSID: nsid, Blocks: ns.Blocks(), SectorSize: ns.BlockSize(), PhysicalSize: uint64(ns.Size())})
 	}
+	ent.Error = strings.Join(failed, "; ")
 }
 
 // blockDevices lists the kernel block devices (nvme0n1, ...) of the controller at addr, which

@@ -460,6 +460,7 @@ func TestBadInput(t *testing.T) {
 	}{
 		{[]string{"read"}, exitUsage, "no device given"},
 		{[]string{"read", "sim", "sim"}, exitUsage, "one device expected"},
+		{[]string{"perf", "sim", "-w", "randread", "-q", "1", "-t", "1", "-j", "70000"}, exitUsage, "-j 70000: give 1 to 65535 queue pairs"},
 		{[]string{"error-log", "sim", "-e", "1000"}, exitUsage, "-e 1000: sim:64MiB keeps at most 64 error log entries"},
 		{[]string{"read", "sim", "--lba", "0", "--count", "1"}, exitUsage, "-n NSID"},
 		{[]string{"read", "sim", "-n", "0", "--lba", "0", "--count", "1"}, exitUsage, "-n NSID"},
@@ -625,6 +626,24 @@ func TestHistogram(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() { h.record(12345) }); n != 0 {
 		t.Errorf("record allocates %v times", n)
+	}
+}
+
+// A namespace whose Identify fails is named in the list entry, not dropped from it, and the
+// namespaces that answered are still listed.
+func TestListNamespaceFailure(t *testing.T) {
+	m := sharedSim(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}, {Blocks: 4096}}})
+	f := m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(0), Count: 1, Status: nvmetest.StatusInternalError | nvmetest.StatusDNR})
+	ent := listEntry{Address: "sim"}
+	describe(&ent)
+	if f.Hits() != 1 {
+		t.Fatalf("the Identify Namespace fault hit %d times, want 1", f.Hits())
+	}
+	if len(ent.Namespaces) != 1 || ent.Namespaces[0].NSID != 2 || ent.Namespaces[0].Blocks != 4096 {
+		t.Errorf("namespaces %+v, want namespace 2 of 4096 blocks", ent.Namespaces)
+	}
+	if !strings.Contains(ent.Error, "namespace 1:") || !strings.Contains(ent.Error, "Internal Error") {
+		t.Errorf("Error %q, want namespace 1 and what the controller said", ent.Error)
 	}
 }
 

@@ -138,8 +138,8 @@ func cmdPerf(e *env, args []string) error {
 		return usagef("--linger %v: give a duration from 0 (off) to 1s", c.linger)
 	case !(c.seconds > 0 && c.seconds <= maxPerfSeconds): // also false for NaN
 		return usagef("run time -t %g: give a number of seconds above 0, at most %d", c.seconds, maxPerfSeconds)
-	case c.queues <= 0:
-		return usagef("-j %d: give at least 1 queue pair", c.queues)
+	case c.queues <= 0 || c.queues > 65535:
+		return usagef("-j %d: give 1 to 65535 queue pairs (NVMe's limit)", c.queues)
 	case c.mix < 0 || c.mix > 100:
 		return usagef("--mix %d: a percentage of reads, 0-100", c.mix)
 	case c.ioSize <= 0:
