@@ -296,7 +296,7 @@ func (q *QueuePair) SubmitBatch(reqs []*Request) (int, error) {
 
 func (q *QueuePair) post(r *Request) error {
 	if q.closing.Load() {
-		return ErrClosed
+		return fmt.Errorf("nvme: %v on queue %d: queue pair %w", r.Opcode, q.id, ErrClosed)
 	}
 	if r.qp != nil && !r.finished {
 		return fmt.Errorf("nvme: %w: request (cid %d on queue %d) is still in flight", ErrInvalidArgument, r.cid, r.qp.id)
@@ -357,7 +357,7 @@ func (q *QueuePair) issue(r *Request, track bool) error {
 		r.qp = nil
 		q.inflight[cid] = nil
 		q.pair.Release(cid)
-		return ErrClosed
+		return fmt.Errorf("nvme: %v on queue %d: queue pair %w", r.Opcode, q.id, ErrClosed)
 	}
 	q.pair.Post(&cmd)
 	return nil

@@ -116,6 +116,39 @@ func TestReadWriteSmall(t *testing.T) {
 	}
 }
 
+// Every synchronous call after Close fails with ErrClosed. Before, WriteAt
+// and Deallocate copied into the bounce buffer the Close had unmapped and
+// the process died with SIGSEGV.
+func TestSyncAfterClose(t *testing.T) {
+	c, _ := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}}, nil)
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if _, err := ns.WriteAt(buf, 0); err != nil { // leaves an idle sync pair behind
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	calls := map[string]func() error{
+		"WriteAt":      func() error { _, err := ns.WriteAt(buf, 0); return err },
+		"ReadAt":       func() error { _, err := ns.ReadAt(buf, 0); return err },
+		"Compare":      func() error { return ns.Compare(ctx, 0, buf) },
+		"Deallocate":   func() error { return ns.Deallocate(ctx, BlockRange{LBA: 0, Blocks: 8}) },
+		"WriteZeroes":  func() error { return ns.WriteZeroes(ctx, 0, 8) },
+		"Flush":        func() error { return ns.Flush(ctx) },
+		"NewQueuePair": func() error { _, err := c.NewQueuePair(4); return err },
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+		}
+	}
+}
+
 // A controller without a transfer limit still takes at most 65536 blocks a command: the
 // synchronous path splits there, not only at MaxTransfer, so a 33 MiB write of 512-byte
 // blocks goes through as two commands.

@@ -25,6 +25,10 @@ type Pool struct {
 	free  chan int32    // indices of free buffers
 	out   []atomic.Bool // out[i]: buffer i is handed out (catches double Put)
 
+	// closed is set before the memory is unmapped: from then on Get hands
+	// out nothing, since a buffer would point at memory no longer mapped.
+	closed    atomic.Bool
+	done      chan struct{} // closed with closed set, to wake GetContext
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -40,7 +44,8 @@ func NewPool(a dma.Allocator, count, size int) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping pool of %d buffers of %d bytes: %w", count, size, err)
 	}
-	p := &Pool{alloc: a, mem: mem, size: size, free: make(chan int32, count), out: make([]atomic.Bool, count)}
+	p := &Pool{alloc: a, mem: mem, size: size, free: make(chan int32, count), out: make([]atomic.Bool, count),
+		done: make(chan struct{})}
 	for i := range count {
 		p.free <- int32(i)
 	}
@@ -83,34 +88,48 @@ func (p *Pool) Len() int { return len(p.out) }
 // Available is the number of buffers not handed out right now.
 func (p *Pool) Available() int { return len(p.free) }
 
-// Get takes a free buffer, or fails at once with ErrPoolEmpty.
+// errPoolClosed is what Get and GetContext return once the pool is closed.
+var errPoolClosed = fmt.Errorf("DMA buffer pool %w", ErrClosed)
+
+// Get takes a free buffer, or fails at once with ErrPoolEmpty (or ErrClosed
+// once the pool is closed).
 func (p *Pool) Get() (dma.Buffer, error) {
 	select {
 	case i := <-p.free:
-		return p.take(i), nil
+		return p.take(i)
 	default:
+		if p.closed.Load() {
+			return dma.Buffer{}, errPoolClosed
+		}
 		return dma.Buffer{}, ErrPoolEmpty
 	}
 }
 
-// GetContext takes a free buffer, waiting for one until ctx is done.
+// GetContext takes a free buffer, waiting for one until ctx is done or the
+// pool is closed.
 func (p *Pool) GetContext(ctx context.Context) (dma.Buffer, error) {
 	select {
 	case i := <-p.free:
-		return p.take(i), nil
+		return p.take(i)
 	default:
 	}
 	select {
 	case i := <-p.free:
-		return p.take(i), nil
+		return p.take(i)
+	case <-p.done:
+		return dma.Buffer{}, errPoolClosed
 	case <-ctx.Done():
 		return dma.Buffer{}, fmt.Errorf("waiting for a DMA buffer (%d in pool, all in use): %w", len(p.out), ctx.Err())
 	}
 }
 
-func (p *Pool) take(i int32) dma.Buffer {
+func (p *Pool) take(i int32) (dma.Buffer, error) {
+	if p.closed.Load() {
+		p.free <- i // give the index back; Put after Close stays harmless
+		return dma.Buffer{}, errPoolClosed
+	}
 	p.out[i].Store(true)
-	return p.mem.Slice(int(i)*p.size, p.size)
+	return p.mem.Slice(int(i)*p.size, p.size), nil
 }
 
 // Put returns a buffer from Get. Only the IOVA is looked at, so a buffer the
@@ -140,10 +159,15 @@ func (p *Pool) index(b dma.Buffer) (int, bool) {
 	return int(off / uint64(p.size)), true
 }
 
-// Close unmaps the pool's memory. Call it only once no command that uses a
-// pool buffer is in flight: the controller may still be writing into it.
-// Close is safe to call more than once.
+// Close unmaps the pool's memory; Get and GetContext fail with ErrClosed
+// from then on. Call it only once no command that uses a pool buffer is in
+// flight (the controller may still be writing into it) and no caller still
+// touches a buffer it took. Close is safe to call more than once.
 func (p *Pool) Close() error {
-	p.closeOnce.Do(func() { p.closeErr = p.alloc.Free(p.mem) })
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		close(p.done)
+		p.closeErr = p.alloc.Free(p.mem)
+	})
 	return p.closeErr
 }

@@ -7,6 +7,35 @@ import (
 	"time"
 )
 
+// A caller waiting in GetContext on an empty pool is woken by Close with
+// ErrClosed rather than left waiting for a Put that will never come.
+func TestPoolCloseWakesWaiter(t *testing.T) {
+	p, err := NewPool(&mmapAlloc{}, 1, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Get(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := p.GetContext(context.Background())
+		got <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let it block (the result is the same if it has not yet)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("GetContext woken by Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("GetContext still waiting 5 s after Close")
+	}
+}
+
 func TestPool(t *testing.T) {
 	a := &mmapAlloc{}
 	p, err := NewPool(a, 3, 5000)
@@ -56,6 +85,13 @@ func TestPool(t *testing.T) {
 	}
 	if a.live != 0 {
 		t.Errorf("%d DMA buffers still mapped after Close", a.live)
+	}
+	// A buffer handed out now would point at unmapped memory.
+	if _, err := p.Get(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Get after Close: %v, want ErrClosed", err)
+	}
+	if _, err := p.GetContext(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("GetContext after Close: %v, want ErrClosed", err)
 	}
 	if _, err := NewPool(a, 0, 4096); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("pool of 0 buffers: %v, want ErrInvalidArgument", err)
