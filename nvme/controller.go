@@ -124,12 +124,15 @@ type Controller struct {
 	pairs map[*QueuePair]struct{}
 
 	syncPairs chan *QueuePair // the synchronous API's idle queue pairs
-	syncMu    sync.Mutex      // guards syncMade
+	syncMu    sync.Mutex      // guards syncMade, syncMax and syncRetired
 	syncMade  int             // synchronous queue pairs created so far
 	syncMax   int             // at most this many
-	syncPool  *Pool           // bounce buffers for the synchronous API
-	pools     []*Pool         // from NewPool, under qpMu; closed on Close
-	dbbuf     dbbuf           // shadow doorbell and EventIdx pages (dbbuf.go)
+	// syncRetired, when not nil, is closed when putSyncPair retires a
+	// pair, to wake callers waiting in takeSyncPair for a slot.
+	syncRetired chan struct{}
+	syncPool    *Pool   // bounce buffers for the synchronous API
+	pools       []*Pool // from NewPool, under qpMu; closed on Close
+	dbbuf       dbbuf   // shadow doorbell and EventIdx pages (dbbuf.go)
 
 	nsMu       sync.Mutex
 	namespaces map[uint32]*Namespace

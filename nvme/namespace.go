@@ -359,34 +359,43 @@ func (ns *Namespace) Deallocate(ctx context.Context, ranges ...BlockRange) error
 
 // takeSyncPair borrows a queue pair of the synchronous API: an idle one,
 // else a new one while fewer than Options.SyncQueues exist, else it waits
-// for one until ctx is done.
+// until one is given back or retired (which frees a slot to make one in),
+// or ctx is done.
 func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 	select {
 	case qp := <-c.syncPairs:
 		return qp, nil
 	default:
 	}
-	c.syncMu.Lock()
-	if c.syncMade < c.syncMax {
-		qp, err := c.NewQueuePair(c.opts.SyncDepth)
-		if err == nil {
-			c.syncMade++
-			c.syncMu.Unlock()
+	for {
+		c.syncMu.Lock()
+		if c.syncMade < c.syncMax {
+			qp, err := c.NewQueuePair(c.opts.SyncDepth)
+			if err == nil {
+				c.syncMade++
+				c.syncMu.Unlock()
+				return qp, nil
+			}
+			if c.syncMade == 0 || errors.Is(err, ErrClosed) {
+				c.syncMu.Unlock()
+				return nil, fmt.Errorf("nvme: creating a queue pair for synchronous I/O: %w", err)
+			}
+			// Queue ids ran out (the caller holds the rest): share ours.
+			c.syncMax = c.syncMade
+		}
+		if c.syncRetired == nil {
+			c.syncRetired = make(chan struct{})
+		}
+		retired := c.syncRetired
+		c.syncMu.Unlock()
+		select {
+		case qp := <-c.syncPairs:
 			return qp, nil
+		case <-retired:
+			// A slot is free: go round and make a pair in it.
+		case <-ctx.Done():
+			return nil, fmt.Errorf("nvme: waiting for a synchronous queue pair: %w", ctx.Err())
 		}
-		if c.syncMade == 0 {
-			c.syncMu.Unlock()
-			return nil, fmt.Errorf("nvme: creating a queue pair for synchronous I/O: %w", err)
-		}
-		// Queue ids ran out (the caller holds the rest): share ours.
-		c.syncMax = c.syncMade
-	}
-	c.syncMu.Unlock()
-	select {
-	case qp := <-c.syncPairs:
-		return qp, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("nvme: waiting for a synchronous queue pair: %w", ctx.Err())
 	}
 }
 
@@ -394,7 +403,7 @@ func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 // command its caller gave up on is retired instead: the controller may
 // never answer it (a dropped completion, or an entry the queue cannot see
 // past), so the pair is deleted, which frees the slot and the bounce
-// buffer, and the next caller makes a fresh one.
+// buffer, and the next caller (or one already waiting) makes a fresh one.
 func (c *Controller) putSyncPair(qp *QueuePair) {
 	if qp.abandoned == 0 {
 		c.syncPairs <- qp
@@ -403,5 +412,9 @@ func (c *Controller) putSyncPair(qp *QueuePair) {
 	qp.Close() // its error is the controller's state, which the caller already saw
 	c.syncMu.Lock()
 	c.syncMade--
+	if c.syncRetired != nil {
+		close(c.syncRetired) // wake every waiter: one makes the new pair, the rest wait again
+		c.syncRetired = nil
+	}
 	c.syncMu.Unlock()
 }

@@ -360,6 +360,36 @@ func TestSyncTimeoutCancel(t *testing.T) {
 	}
 }
 
+// A caller waiting for the only synchronous queue pair is not stranded when
+// the pair's holder times out and the pair is retired: the waiter gets a
+// fresh pair and its read completes.
+func TestSyncWaiterSurvivesRetiredPair(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{}, &Options{SyncQueues: 1})
+	ns, _ := c.Namespace(1)
+	// A dropped completion: Abort cannot end it, so the pair is retired.
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Drop: true, Count: 1})
+	held := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		held <- ns.ReadBlocks(ctx, 0, make([]byte, 512))
+	}()
+	time.Sleep(50 * time.Millisecond) // the held read owns the one pair
+	waiter := make(chan error, 1)
+	go func() { waiter <- ns.ReadBlocks(context.Background(), 8, make([]byte, 512)) }()
+	if err := <-held; !errors.Is(err, ErrTimeout) {
+		t.Fatalf("read held by the controller: %v; want ErrTimeout", err)
+	}
+	select {
+	case err := <-waiter:
+		if err != nil {
+			t.Errorf("waiting read after the pair was retired: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("waiting read still stranded 10 s after the pair it waited for was retired")
+	}
+}
+
 // TestOneQueueController: on a controller that grants a single I/O queue
 // (QEMU's max_ioqpairs=1), a caller may take it for asynchronous I/O; the
 // synchronous API then says why it cannot run, and works once it is back.
