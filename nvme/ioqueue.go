@@ -619,7 +619,7 @@ func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) e
 			// Ask the controller to abort it, so the slot comes back
 			// soon. Best effort: many controllers decline.
 			actx, cancel := context.WithTimeout(context.Background(), time.Second)
-			if aborted, aerr := q.c.Abort(actx, q.id, r.cid); aerr == nil && aborted {
+			if aborted, aerr := q.c.Abort(actx, q.id, q.pair.CommandID(r.cid)); aerr == nil && aborted {
 				q.ring.Poll(0, iopoll.Batch)
 			}
 			cancel()

@@ -347,6 +347,45 @@ func TestFaults(t *testing.T) {
 		}
 	})
 
+	// The duplicate is still in the ring when the slot is reused (Poll
+	// stopped at its max after the first copy): it must not complete the
+	// new command, which the controller has not even run yet.
+	t.Run("duplicate completion after the slot is reused", func(t *testing.T) {
+		_, m, ns, qp, pool := asyncSetup(t, nvmetest.Config{Inline: true}, opts, 8)
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpWrite), Duplicate: true, Count: 1})
+		m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
+		wb, _ := pool.Get()
+		rb, _ := pool.Get()
+		copy(wb.Bytes, "written before the duplicate")
+		delivered := 0
+		done := func(*Request) { delivered++ }
+		w := Request{Opcode: NVMWrite, Namespace: ns, LBA: 40, Blocks: 1, Buf: wb, Done: done}
+		if err := qp.Submit(&w); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := qp.Poll(1, 1); n != 1 || err != nil || w.Err != nil {
+			t.Fatalf("Poll(1, 1) of the write: %d, %v (write: %v)", n, err, w.Err)
+		}
+		r := Request{Opcode: NVMRead, Namespace: ns, LBA: 40, Blocks: 1, Buf: rb, Done: done}
+		if err := qp.Submit(&r); err != nil { // takes the write's slot
+			t.Fatal(err)
+		}
+		if _, err := qp.Poll(0, 8); err != nil {
+			t.Fatal(err)
+		}
+		if delivered != 1 {
+			t.Fatalf("the write's duplicate CQE completed the held read (err %v, data %q)", r.Err, rb.Bytes[:28])
+		}
+		if n := qp.Stats().BadCQEs[queue.IdleCID]; n != 1 {
+			t.Errorf("stale duplicate CQEs counted: %d, want 1", n)
+		}
+		m.ReleaseHeld()
+		waitAll(t, qp, &delivered, 2)
+		if r.Err != nil || string(rb.Bytes[:28]) != "written before the duplicate" {
+			t.Errorf("released read: %v, data %q; want the written data", r.Err, rb.Bytes[:28])
+		}
+	})
+
 	t.Run("wrong phase, synchronous", func(t *testing.T) {
 		// The pair's head is stuck on the invisible entry; the
 		// synchronous API retires that pair, so later calls work.
@@ -419,6 +458,27 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("admin command after a lost one: %v", err)
 		}
 	})
+}
+
+// A duplicate admin completion left in the ring (the admin path returns
+// as soon as it sees its own) must not answer the next admin command, which
+// reuses the slot: an Identify would return whatever the admin buffer held
+// before its data arrived.
+func TestAdminDuplicateCompletion(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}, {Blocks: 1000}}}, nil)
+	ctx := context.Background()
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpGetFeatures), Duplicate: true, Count: 1})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(0), Delay: 50 * time.Millisecond, Count: 1})
+	if _, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.IdentifyNamespace(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.NSZE != 1000 {
+		t.Errorf("Identify Namespace 2 after a duplicate Get Features completion: NSZE %d, want 1000", id.NSZE)
+	}
 }
 
 func TestAdminCommands(t *testing.T) {

@@ -125,13 +125,14 @@ func (q *QueuePair) clockAndScan() bool {
 		case r.abortAt == 0 && now-r.stamp > timeout:
 			c.rec.counts.timeouts.Add(1)
 			r.abortAt = now
-			q.sendAbort(r.cid)
+			q.sendAbort(q.pair.CommandID(r.cid))
 		}
 	}
 	return false
 }
 
-// sendAbort asks the controller to abort cid on this pair's SQ, bounded by
+// sendAbort asks the controller to abort cid (the command id on the wire,
+// from queue.Pair.CommandID) on this pair's SQ, bounded by
 // AbortTimeout. Whether it agrees does not matter here: an aborted command
 // completes (with Command Abort Requested) and one that does not is
 // handled by the next scan.

@@ -5,9 +5,12 @@
 //
 // # Slots
 //
-// A pair of depth D has D-1 command slots. The slot index is the command id
-// (CID) written in the SQE, and each slot owns one pre-mapped PRP-list page
-// (Pair.PRPList). Free slots sit on a LIFO stack so the most recently used,
+// A pair of depth D has D-1 command slots. Callers name a command by its
+// slot index, and each slot owns one pre-mapped PRP-list page
+// (Pair.PRPList). The command id (CID) written in the SQE is the slot index
+// in the low bits and the slot's generation, advanced on every Release, in
+// the bits above: a stale duplicate completion for a slot's previous
+// command cannot complete the command that reused it. Free slots sit on a LIFO stack so the most recently used,
 // cache-hot slots are reused first. Acquire fails fast with ErrFull when all
 // slots are out; that is back pressure for the submitter, never a completion.
 //
@@ -27,7 +30,8 @@
 // # Untrusted completions
 //
 // Every CQE is validated before use: its SQ id must be this queue's, its cid
-// a slot with a posted command, its SQ head inside the ring. A CQE that fails
+// a slot with a posted command of the same generation, its SQ head inside
+// the ring. A CQE that fails
 // is consumed (the head moves past it, so the queue keeps going), leaves all
 // slots untouched, is counted in Stats.BadCQEs and is returned as a
 // *CQEError. Device data never causes a panic or an out-of-range index.

@@ -18,7 +18,7 @@ const (
 type Command struct {
 	Opcode uint8  // CDW0 bits 7:0
 	Flags  uint8  // CDW0 bits 15:8: FUSE (1:0), PSDT (7:6)
-	CID    uint16 // CDW0 bits 31:16: command identifier = slot index
+	CID    uint16 // CDW0 bits 31:16: command identifier (Pair.Post adds the slot's generation)
 	NSID   uint32 // CDW1
 	CDW2   uint32
 	CDW3   uint32

@@ -18,9 +18,9 @@ func cqeBytes(cid, sqid, sqhd uint16, status uint16) []byte {
 // FuzzCompletion feeds arbitrary 16-byte CQEs, as a broken or hostile
 // controller could write them, into the CQ of a pair with commands in
 // flight. Next must never panic or index out of range; a CQE must complete
-// a request exactly when an independent model of the slots says it is
-// valid, and then complete exactly that cid; a bad one must be counted under
-// the right kind and change no slot.
+// a request exactly when an independent model of the slots and their
+// generations says it is valid, and then complete exactly that slot; a bad
+// one must be counted under the right kind and change no slot.
 //
 // The first byte of each 17-byte record is control: bit 0 set keeps the
 // fuzzer's phase bit instead of forcing the current one (so stale entries
@@ -36,14 +36,15 @@ func FuzzCompletion(f *testing.F) {
 		return b
 	}
 	f.Add(seed(cqeBytes(0, id, 1, 0)))                                 // valid
-	f.Add(seed(cqeBytes(0, id, 1, 0), cqeBytes(0, id, 2, 0)))          // duplicate
+	f.Add(seed(cqeBytes(0, id, 1, 0), cqeBytes(0, id, 2, 0)))          // duplicate after the slot is reused
+	f.Add(seed(cqeBytes(0, id, 1, 0), cqeBytes(8, id, 2, 0)))          // the reused slot's own completion
 	f.Add(seed(cqeBytes(6, id, 3, 0x4281)))                            // valid, error status
 	f.Add(seed(cqeBytes(7, id, 1, 0), cqeBytes(0xffff, id, 1, 0)))     // unknown cids
 	f.Add(seed(cqeBytes(3, id, depth, 0), cqeBytes(3, id, 0xffff, 0))) // SQ head out of range
 	f.Add(seed(cqeBytes(2, id+1, 1, 0), cqeBytes(2, 0, 1, 0)))         // wrong SQ
 	f.Add(append([]byte{1}, cqeBytes(0, id, 1, 0)...))                 // stale phase
 	f.Add(seed(cqeBytes(1, id, 1, 0), cqeBytes(2, id, 2, 0), cqeBytes(3, id, 3, 0), cqeBytes(4, id, 4, 0),
-		cqeBytes(5, id, 5, 0), cqeBytes(6, id, 6, 0), cqeBytes(0, id, 7, 0), cqeBytes(1, id, 0, 0))) // a lap and a wrap
+		cqeBytes(5, id, 5, 0), cqeBytes(6, id, 6, 0), cqeBytes(0, id, 7, 0), cqeBytes(1|8, id, 0, 0))) // a lap and a wrap
 
 	// Map the rings once: each input gets a new Pair (which clears the CQ)
 	// over the same memory, so an exec costs microseconds, not three
@@ -59,8 +60,10 @@ func FuzzCompletion(f *testing.F) {
 			t.Fatal(err)
 		}
 		// Fill every slot with a posted command; the model tracks which
-		// cids are posted.
+		// command id each slot's command went out with: the slot in the
+		// low 3 bits (7 slots), how often the slot was reused above them.
 		var posted [depth - 1]bool
+		var reused, wire [depth - 1]int
 		post := func() {
 			cid, err := p.Acquire()
 			if err != nil {
@@ -69,6 +72,11 @@ func FuzzCompletion(f *testing.F) {
 			cmd := readCmd(cid, 0)
 			p.Post(&cmd)
 			posted[cid] = true
+			wire[cid] = (int(cid) + 8*reused[cid]) % 65536
+			last := int(p.tail+depth-1) % depth * SQESize
+			if got := ParseCommand(sq.Bytes[last:]).CID; int(got) != wire[cid] {
+				t.Fatalf("slot %d (reused %d times) went out as cid %d, want %d", cid, reused[cid], got, wire[cid])
+			}
 		}
 		for range depth - 1 {
 			post()
@@ -105,16 +113,18 @@ func FuzzCompletion(f *testing.F) {
 				}
 				continue
 			}
-			want := expectKind(c, id, depth, posted[:])
+			want := expectKind(c, id, depth, posted[:], wire[:])
 			switch {
 			case want < 0:
-				if !ok || err != nil || got != c {
-					t.Fatalf("valid CQE %+v: Next = %+v, %v, %v", c, got, ok, err)
+				slot := c.CID & 7
+				if exp := (Completion{DW0: c.DW0, DW1: c.DW1, SQHead: c.SQHead, SQID: c.SQID, CID: slot, Status: c.Status}); !ok || err != nil || got != exp {
+					t.Fatalf("valid CQE %+v: Next = %+v, %v, %v; want %+v", c, got, ok, err, exp)
 				}
 				completed++
-				posted[c.CID] = false
+				posted[slot] = false
 				// Recycle the slot so the next record has work to complete.
-				p.Release(c.CID)
+				p.Release(slot)
+				reused[slot]++
 				post()
 			default:
 				var ce *CQEError
@@ -143,14 +153,16 @@ func FuzzCompletion(f *testing.F) {
 }
 
 // expectKind is the validation rule written out independently of Next:
-// -1 for a valid CQE, else the CQEErrorKind.
-func expectKind(c Completion, id uint16, depth int, posted []bool) int {
+// -1 for a valid CQE, else the CQEErrorKind. The slot is the cid's low 3
+// bits (depth 8 has 7 slots); the rest must match the posted command's.
+func expectKind(c Completion, id uint16, depth int, posted []bool, wire []int) int {
+	slot := int(c.CID & 7)
 	switch {
 	case c.SQID != id:
 		return int(WrongSQID)
-	case int(c.CID) >= depth-1:
+	case slot >= depth-1:
 		return int(UnknownCID)
-	case !posted[c.CID]:
+	case !posted[slot] || int(c.CID) != wire[slot]:
 		return int(IdleCID)
 	case int(c.SQHead) >= depth:
 		return int(BadSQHead)

@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync/atomic"
 	"unsafe"
 
@@ -62,7 +63,9 @@ const (
 // The steps are split so callers can batch: Post copies an SQE into the ring
 // and UpdateTail rings the SQ doorbell once for everything posted since; Next
 // returns one CQE and UpdateHead rings the CQ doorbell once for everything
-// reaped since. Command ids are slot indexes; each slot owns a PRP-list page.
+// reaped since. Callers name commands by slot index; each slot owns a
+// PRP-list page. On the wire the command id is the slot index with the
+// slot's generation in the bits above it (see CommandID).
 //
 // A Pair is not safe for concurrent use: the caller serialises all calls
 // (for example one lock per queue, or one goroutine per queue).
@@ -81,6 +84,17 @@ type Pair struct {
 	state  []uint8  // per slot: slotFree, slotAcquired, slotPosted
 	free   []uint16 // LIFO stack of free slots
 	posted int      // slots in slotPosted
+
+	// gen[slot] is the slot's generation, already shifted into the command
+	// id bits above slotMask; Release advances it. A completion whose id
+	// carries an older generation answers a command the slot no longer
+	// holds (a duplicate CQE read after the slot was reused) and is
+	// rejected instead of completing the new command. As Linux's nvme_cid:
+	// a queue of 2048 entries (11 slot bits) has 32 generations; one of
+	// 65536 entries has no bits to spare and no generations.
+	gen      []uint16
+	slotMask uint16 // command id bits that hold the slot index
+	genStep  uint16 // 1 << bits of slotMask; 0 when no bits are left
 
 	sqTail, cqHead Doorbell
 
@@ -142,11 +156,15 @@ func New(cfg Config) (*Pair, error) {
 		phase:    phaseBit, // the controller's first lap writes phase 1
 		state:    make([]uint8, slots),
 		free:     make([]uint16, slots),
+		gen:      make([]uint16, slots),
 		sqTail:   cfg.SQTail,
 		cqHead:   cfg.CQHead,
 		prp:      cfg.PRP,
 		pageSize: page,
 	}
+	slotBits := bits.Len16(uint16(slots - 1))
+	p.slotMask = uint16(1<<slotBits - 1)
+	p.genStep = uint16(1 << slotBits) // 0 for 16 bits: no generations
 	// Push in reverse so the first Acquire returns cid 0: easier to read in
 	// traces, and the low slots (and their PRP pages) stay cache-hot.
 	for i, free := 0, p.free; i < len(free); i++ {
@@ -167,8 +185,9 @@ func (p *Pair) CQDepth() int { return int(p.cqDepth) }
 // Slots returns the number of command slots, Depth-1.
 func (p *Pair) Slots() int { return len(p.state) }
 
-// Acquire takes a free slot. Its index is the command id to put in the SQE.
-// It returns ErrFull when all Depth-1 slots are out.
+// Acquire takes a free slot. Its index is what the caller puts in the
+// SQE's CID; Post adds the generation bits. It returns ErrFull when all
+// Depth-1 slots are out.
 func (p *Pair) Acquire() (cid uint16, err error) {
 	n := len(p.free)
 	if n == 0 {
@@ -198,7 +217,18 @@ func (p *Pair) Release(cid uint16) {
 		panic(fmt.Sprintf("queue %d: Release of cid %d, which is not acquired or already completed", p.id, cid))
 	}
 	state[cid] = slotFree
+	p.gen[cid] += p.genStep      // wraps within the bits above slotMask
 	p.free = append(p.free, cid) // never grows: capacity is the slot count
+}
+
+// CommandID is the command id the controller sees for slot cid: the slot
+// index with its current generation above it. Use it where the id goes to
+// the controller in a command's data, as Abort's CDW10 does.
+func (p *Pair) CommandID(cid uint16) uint16 {
+	if int(cid) >= len(p.gen) {
+		return cid
+	}
+	return cid | p.gen[cid]
 }
 
 // PRPList returns the slot's pre-mapped PRP-list page, or an empty Buffer
@@ -210,10 +240,11 @@ func (p *Pair) PRPList(cid uint16) dma.Buffer {
 	return p.prp.Slice(int(cid)*p.pageSize, p.pageSize)
 }
 
-// Post copies cmd into the SQ at the local tail and advances the tail. It
-// does not ring the doorbell; call UpdateTail once after a batch. cmd.CID
-// must be a slot from Acquire that is not posted yet; anything else is a
-// driver bug and panics before the ring is touched.
+// Post copies cmd into the SQ at the local tail, with CommandID(cmd.CID) as
+// its command id, and advances the tail. It does not ring the doorbell;
+// call UpdateTail once after a batch. cmd.CID must be a slot from Acquire
+// that is not posted yet; anything else is a driver bug and panics before
+// the ring is touched.
 func (p *Pair) Post(cmd *Command) {
 	cid := cmd.CID
 	if int(cid) >= len(p.state) || p.state[cid] != slotAcquired {
@@ -223,7 +254,9 @@ func (p *Pair) Post(cmd *Command) {
 	p.posted++
 	// Plain stores into DMA memory; UpdateTail orders them before the
 	// doorbell. tail < depth always, and the ring holds depth entries.
-	*(*Command)(unsafe.Add(p.sq, uintptr(p.tail)*SQESize)) = *cmd
+	sqe := (*Command)(unsafe.Add(p.sq, uintptr(p.tail)*SQESize))
+	*sqe = *cmd
+	sqe.CID = cid | p.gen[cid]
 	p.tail++
 	if p.tail == p.depth {
 		p.tail = 0
@@ -250,11 +283,13 @@ func (p *Pair) UpdateTail() bool {
 // phase tag matches), and advances the head. ok is false when the CQ is
 // empty. The CQ head doorbell is not written; call UpdateHead after a batch.
 //
-// The CQE is untrusted device data. If it names a cid that is out of range
-// or not posted, an SQ head past the ring, or another SQ, Next returns a
-// *CQEError (ok false), counts it in Stats, and leaves every slot as it was;
-// the head still moves past it, so keep calling Next. A valid CQE moves its
-// slot from posted back to acquired: the caller owns it until Release.
+// The CQE is untrusted device data. If it names a cid that is out of range,
+// not posted or of an older generation, an SQ head past the ring, or
+// another SQ, Next returns a *CQEError (ok false), counts it in Stats, and
+// leaves every slot as it was; the head still moves past it, so keep
+// calling Next. A valid CQE moves its slot from posted back to acquired:
+// the caller owns it until Release. Its CID is the slot index (the
+// generation bits are stripped).
 func (p *Pair) Next() (c Completion, ok bool, err error) {
 	w := (*[4]uint32)(unsafe.Add(p.cq, uintptr(p.head)*CQESize))
 	// DW3 first, atomically: the phase tag says whether DW0-2 are new.
@@ -270,19 +305,20 @@ func (p *Pair) Next() (c Completion, ok bool, err error) {
 	}
 
 	var kind CQEErrorKind
-	switch cid := c.CID; {
+	switch cid := c.CID & p.slotMask; {
 	case c.SQID != p.id:
 		kind = WrongSQID
 	case int(cid) >= len(p.state):
 		kind = UnknownCID
-	case p.state[cid] != slotPosted:
-		kind = IdleCID // never posted, or already completed
+	case p.state[cid] != slotPosted || c.CID&^p.slotMask != p.gen[cid]:
+		kind = IdleCID // never posted, already completed, or an older generation's
 	case uint32(c.SQHead) >= p.depth:
 		kind = BadSQHead
 	default:
 		p.state[cid] = slotAcquired
 		p.posted--
 		p.stats.Completed++
+		c.CID = cid
 		return c, true, nil
 	}
 	p.stats.BadCQEs[kind]++
@@ -349,7 +385,9 @@ const (
 	// UnknownCID: the cid is not a slot of this queue (>= Depth-1).
 	UnknownCID CQEErrorKind = iota
 	// IdleCID: the cid is a slot with no command posted: never posted,
-	// already completed (a duplicate CQE), or completed and released.
+	// already completed (a duplicate CQE), or completed and released; or
+	// it carries an older generation than the command the slot holds now
+	// (a duplicate CQE reaped after the slot was reused).
 	IdleCID
 	// BadSQHead: the SQ head pointer is not below Depth.
 	BadSQHead
@@ -387,7 +425,7 @@ func (e *CQEError) Error() string {
 	case UnknownCID:
 		return fmt.Sprintf("queue %d: bad CQE: cid %d is out of range (%d slots)", e.QID, c.CID, e.Depth-1)
 	case IdleCID:
-		return fmt.Sprintf("queue %d: bad CQE: cid %d has no command outstanding (duplicate or stray completion)", e.QID, c.CID)
+		return fmt.Sprintf("queue %d: bad CQE: cid %d has no command outstanding (duplicate, stale or stray completion)", e.QID, c.CID)
 	case BadSQHead:
 		return fmt.Sprintf("queue %d: bad CQE for cid %d: SQ head %d is past the ring (depth %d)", e.QID, c.CID, c.SQHead, e.Depth)
 	case WrongSQID:
