@@ -122,6 +122,7 @@ type Controller struct {
 	qpMu  sync.Mutex
 	qids  []bool // qids[i]: I/O queue id i is in use (0 is admin)
 	pairs map[*QueuePair]struct{}
+	held  []heldQueue // queues the controller may still hold (heldqueue.go)
 
 	syncPairs chan *QueuePair // the synchronous API's idle queue pairs
 	syncMu    sync.Mutex      // guards syncMade, syncMax and syncRetired
@@ -495,6 +496,7 @@ func (c *Controller) teardown(shutdown bool) error {
 	if shutdown {
 		errs = append(errs, c.shutdown())
 	}
+	errs = append(errs, c.freeHeld()) // shut down (or gone): it holds no queues
 	errs = append(errs, c.freeShadowDoorbells()...)
 	a := c.dev.DMA()
 	for _, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {

@@ -56,6 +56,10 @@ type QueuePair struct {
 	syncReq    *Request   // the synchronous API's request (syncRequest)
 	syncCtx    execContext
 
+	// mayBeLive: a Create or Delete of this pair's queues went unanswered
+	// or failed, so the controller may still use its rings (release).
+	mayBeLive bool
+
 	closing   atomic.Bool // Submit refuses new work
 	dead      atomic.Bool // queues deleted: Reap fails what is left
 	closeOnce sync.Once
@@ -142,8 +146,7 @@ func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
 	}
 	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1), gen: c.rec.gen.Load()}
 	if err := q.setup(depth, o); err != nil {
-		q.free()
-		c.releaseQID(qid)
+		q.release()
 		return nil, err
 	}
 	c.qpMu.Lock()
@@ -170,6 +173,10 @@ func (c *Controller) takeQID() (uint16, error) {
 			c.qids[i] = true
 			return uint16(i), nil
 		}
+	}
+	if n := c.heldQIDs(); n > 0 {
+		return 0, fmt.Errorf("nvme: all %d I/O queue pairs the controller granted are in use, %d of them by queues it did not delete (a Reset frees them): %w",
+			len(c.qids)-1, n, ErrQueueFull)
 	}
 	return 0, fmt.Errorf("nvme: all %d I/O queue pairs the controller granted are in use: %w", len(c.qids)-1, ErrQueueFull)
 }
@@ -231,15 +238,30 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	}
 	ctx := context.Background()
 	if err := q.createCQ(ctx); err != nil {
+		q.mayBeLive = !controllerRefused(err)
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
 	if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
+		q.mayBeLive = !controllerRefused(err)
 		if derr := c.deleteIOCQ(ctx, q.id); derr != nil {
+			q.mayBeLive = true
 			err = errors.Join(err, derr)
 		}
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
 	return nil
+}
+
+// release gives the pair's memory and queue id back, or, if the
+// controller may still hold its queues, keeps both from reuse until the
+// next reset (heldqueue.go).
+func (q *QueuePair) release() {
+	if q.mayBeLive {
+		q.c.hold(q)
+		return
+	}
+	q.free()
+	q.c.releaseQID(q.id)
 }
 
 func (q *QueuePair) free() {
@@ -691,11 +713,17 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	if deleteQueues && alive && q.gen == c.rec.gen.Load() {
 		bg := context.Background()
 		// Deleting the SQ aborts what is still outstanding; then the CQ.
+		// If either fails the controller may still use the rings.
 		if err := c.deleteIOSQ(bg, q.id); err != nil {
+			q.mayBeLive = true
 			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
 		}
 		if err := c.deleteIOCQ(bg, q.id); err != nil {
+			q.mayBeLive = true
 			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
+		}
+		if q.mayBeLive {
+			errs = append(errs, fmt.Errorf("nvme: queue pair %d: its memory and id stay taken until the controller is reset or closed", q.id))
 		}
 	}
 	// The controller will not answer anything still outstanding: fail it.
@@ -703,8 +731,7 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	if err := q.ring.Close(context.Background()); err != nil {
 		errs = append(errs, err)
 	}
-	q.free()
-	c.releaseQID(q.id)
+	q.release()
 	c.qpMu.Lock()
 	delete(c.pairs, q)
 	c.qpMu.Unlock()

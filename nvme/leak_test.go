@@ -2,7 +2,9 @@ package nvme
 
 import (
 	"context"
+	"errors"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +102,82 @@ func TestCloseReleasesEverything(t *testing.T) {
 				c.Close() // errors are expected when the device is gone
 				if n := mem.Mapped(); n != 0 {
 					t.Fatalf("round %d: %d DMA buffers still mapped after Close", i, n)
+				}
+			}
+		})
+	}
+}
+
+// A queue pair whose Delete the controller fails, or whose Create it never
+// answers, may still be in use by the controller: its rings stay mapped
+// and its queue id taken (a new pair there would get the controller's
+// completions for the old one) until a reset or Close frees them.
+func TestUndeletedQueueIsHeld(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault func() *nvmetest.Fault
+		// make leaves behind a pair the controller may hold.
+		make func(t *testing.T, c *Controller)
+	}{
+		{"delete fails", func() *nvmetest.Fault {
+			return &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Status: nvmetest.StatusInternalError, Count: 1}
+		},
+			func(t *testing.T, c *Controller) {
+				qp, err := c.NewQueuePair(16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset") {
+					t.Errorf("Close with a failing Delete I/O SQ: %v, want the error and that the pair stays held", err)
+				}
+			}},
+		{"create unanswered", func() *nvmetest.Fault {
+			return &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpCreateCQ), Drop: true, Count: 1}
+		},
+			func(t *testing.T, c *Controller) {
+				if _, err := c.NewQueuePair(16); !errors.Is(err, ErrTimeout) {
+					t.Errorf("NewQueuePair with Create I/O CQ unanswered: %v, want ErrTimeout", err)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, reset := range []bool{true, false} {
+				m, err := nvmetest.New(nvmetest.Config{MaxQueuePairs: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mem := m.DMA().(*nvmetest.Memory)
+				c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
+				if err != nil {
+					t.Fatal(err)
+				}
+				before := mem.Mapped()
+				m.Inject(tc.fault())
+				tc.make(t, c)
+				if n := mem.Mapped(); n <= before {
+					t.Errorf("%d DMA buffers mapped after the pair went, %d before it: its rings were freed while the controller may use them", n, before)
+				}
+				if _, err := c.NewQueuePair(16); !errors.Is(err, ErrQueueFull) || !strings.Contains(err.Error(), "1 of them by queues it did not delete") {
+					t.Errorf("NewQueuePair on the held queue id: %v, want ErrQueueFull saying why", err)
+				}
+				if reset {
+					if err := c.Reset(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					if n := mem.Mapped(); n != before {
+						t.Errorf("%d DMA buffers mapped after the reset, want %d: the held rings were not freed", n, before)
+					}
+					qp, err := c.NewQueuePair(16)
+					if err != nil {
+						t.Fatalf("NewQueuePair after the reset freed the queue id: %v", err)
+					}
+					if err := qp.Close(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				c.Close()
+				if n := mem.Mapped(); n != 0 {
+					t.Errorf("reset %v: %d DMA buffers still mapped after Close", reset, n)
 				}
 			}
 		})

@@ -151,6 +151,11 @@ func (c *Controller) restart(ctx context.Context) error {
 	if err := c.waitReady(false); err != nil {
 		return err
 	}
+	// Disabled, the controller holds no I/O queue: what Close could not
+	// delete is free now.
+	if err := c.freeHeld(); err != nil {
+		return err
+	}
 	// Same memory, fresh rings: the controller starts at head 0, phase 1.
 	c.admin.Reset()
 	clear(c.adminLost)
