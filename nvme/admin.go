@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -95,6 +96,12 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 			// The controller may still complete the command; keep its slot
 			// until it does.
 			c.adminLost[cid] = true
+			if cmd.PRP1 != 0 && cmd.PRP1 == c.adminBuf.IOVA {
+				// Its data may still arrive: not into the next command's page.
+				if err := c.replaceAdminBuf(); err != nil {
+					giveUp = errors.Join(giveUp, err)
+				}
+			}
 			if lastBad != nil {
 				giveUp = fmt.Errorf("%w (last bad completion: %v)", giveUp, lastBad)
 			}

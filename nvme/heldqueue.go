@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
@@ -27,6 +28,22 @@ func controllerRefused(err error) bool {
 	return errors.As(err, &se)
 }
 
+// replaceAdminBuf holds the admin data page, into which a timed-out
+// Identify or Get Log Page may still be written, and maps a fresh one for
+// the next command. adminMu is held. If no page can be mapped the old one
+// stays in use, and the error says so.
+func (c *Controller) replaceAdminBuf() error {
+	b, err := c.dev.DMA().Alloc(PageSize)
+	if err != nil {
+		return fmt.Errorf("mapping a fresh admin data page (the old one is reused, and the late data may land in it): %w", err)
+	}
+	c.qpMu.Lock()
+	c.heldPages = append(c.heldPages, c.adminBuf)
+	c.qpMu.Unlock()
+	c.adminBuf = b
+	return nil
+}
+
 // hold keeps q's queue id and rings from reuse instead of freeing them.
 func (c *Controller) hold(q *QueuePair) {
 	q.closeInterrupt()
@@ -36,12 +53,13 @@ func (c *Controller) hold(q *QueuePair) {
 	q.sq, q.cq, q.prp = dma.Buffer{}, dma.Buffer{}, dma.Buffer{}
 }
 
-// freeHeld frees every held queue's memory and id, and joins the errors
+// freeHeld frees every held queue's memory and id and every held admin
+// data page, and joins the errors
 // of freeing. Call it only once the controller is disabled or shut down.
 func (c *Controller) freeHeld() error {
 	c.qpMu.Lock()
-	held := c.held
-	c.held = nil
+	held, pages := c.held, c.heldPages
+	c.held, c.heldPages = nil, nil
 	for _, h := range held {
 		if int(h.qid) < len(c.qids) {
 			c.qids[h.qid] = false
@@ -56,6 +74,9 @@ func (c *Controller) freeHeld() error {
 				errs = append(errs, a.Free(b))
 			}
 		}
+	}
+	for _, b := range pages {
+		errs = append(errs, a.Free(b))
 	}
 	return errors.Join(errs...)
 }

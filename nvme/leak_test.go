@@ -5,6 +5,7 @@ import (
 	"errors"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,5 +182,52 @@ func TestUndeletedQueueIsHeld(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An Identify that timed out may still be answered, and its data written
+// into the page it named: the next Identify gets a fresh page, and the old
+// one is freed once a reset ends any late write.
+func TestAdminTimeoutRetiresDataPage(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}, {Blocks: 1000}}},
+		&Options{AdminTimeout: 100 * time.Millisecond})
+	mem := m.DMA().(*nvmetest.Memory)
+	var mu sync.Mutex
+	var pages []uint64 // PRP1 of every Identify Namespace, in order
+	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
+		if cmd.SQID == 0 && cmd.Opcode == nvmetest.OpIdentify && uint8(cmd.CDW10) == 0 {
+			mu.Lock()
+			pages = append(pages, cmd.PRP1)
+			mu.Unlock()
+		}
+		return false // only records
+	}})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(0), Delay: 300 * time.Millisecond, Count: 1})
+	ctx := context.Background()
+	before := mem.Mapped()
+	if _, err := c.IdentifyNamespace(ctx, 1); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Identify held past AdminTimeout: %v, want ErrTimeout", err)
+	}
+	id, err := c.IdentifyNamespace(ctx, 2)
+	if err != nil || id.NSZE != 1000 {
+		t.Fatalf("Identify Namespace 2 after the timeout: %v, %v; want NSZE 1000", id, err)
+	}
+	mu.Lock()
+	if len(pages) != 2 || pages[0] == pages[1] {
+		t.Errorf("Identify data pages %#x: want the timed-out one not reused", pages)
+	}
+	mu.Unlock()
+	if n := mem.Mapped(); n != before+1 {
+		t.Errorf("%d DMA buffers mapped, %d before: want the old page kept and one new", n, before)
+	}
+	time.Sleep(350 * time.Millisecond) // the late answer lands in the old page
+	if id, err := c.IdentifyNamespace(ctx, 2); err != nil || id.NSZE != 1000 {
+		t.Fatalf("Identify Namespace 2 after the late answer: %v, %v", id, err)
+	}
+	if err := c.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := mem.Mapped(); n != before {
+		t.Errorf("%d DMA buffers mapped after the reset, want %d: the old page was not freed", n, before)
 	}
 }
