@@ -567,26 +567,31 @@ func TestPerf(t *testing.T) {
 	}
 }
 
-// TestPerfRegion checks that --offset/--size keep a write workload inside its region: the data
-// outside (here the first MiB, as the demo keeps its file there) is untouched.
+// TestPerfRegion checks that --offset/--size keep a write workload, random or sequential,
+// inside its region: the data outside (here the first MiB, as the demo keeps its file there) is
+// untouched.
 func TestPerfRegion(t *testing.T) {
-	m := sharedSim(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8 << 20 / 512}}})
-	keep := make([]byte, 1<<20)
-	rand.Read(keep)
-	m.Namespace(1).WriteAt(keep, 0)
-	mustRun(t, nil, "perf", "sim", "-q", "16", "-o", "4k", "-w", "randwrite", "-t", "0.2", "--offset", "1M", "--size", "2M", "-j", "2")
-	got := make([]byte, 1<<20)
-	m.Namespace(1).ReadAt(got, 0)
-	if !bytes.Equal(got, keep) {
-		t.Error("perf --offset 1M wrote into the first MiB")
-	}
-	m.Namespace(1).ReadAt(got, 3<<20)
-	if !bytes.Equal(got, make([]byte, 1<<20)) {
-		t.Error("perf --offset 1M --size 2M wrote past 3 MiB")
-	}
-	m.Namespace(1).ReadAt(got, 1<<20)
-	if bytes.Equal(got, make([]byte, 1<<20)) {
-		t.Error("perf randwrite wrote nothing into its region")
+	for _, workload := range []string{"randwrite", "write"} {
+		t.Run(workload, func(t *testing.T) {
+			m := sharedSim(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8 << 20 / 512}}})
+			keep := make([]byte, 1<<20)
+			rand.Read(keep)
+			m.Namespace(1).WriteAt(keep, 0)
+			mustRun(t, nil, "perf", "sim", "-q", "16", "-o", "4k", "-w", workload, "-t", "0.2", "--offset", "1M", "--size", "2M", "-j", "2")
+			got := make([]byte, 1<<20)
+			m.Namespace(1).ReadAt(got, 0)
+			if !bytes.Equal(got, keep) {
+				t.Error("perf --offset 1M wrote into the first MiB")
+			}
+			m.Namespace(1).ReadAt(got, 3<<20)
+			if !bytes.Equal(got, make([]byte, 1<<20)) {
+				t.Error("perf --offset 1M --size 2M wrote past 3 MiB")
+			}
+			m.Namespace(1).ReadAt(got, 1<<20)
+			if bytes.Equal(got, make([]byte, 1<<20)) {
+				t.Errorf("perf -w %s wrote nothing into its region", workload)
+			}
+		})
 	}
 }
 
@@ -729,6 +734,9 @@ func TestPerfWriteGuard(t *testing.T) {
 		{"prod-disk-1", "randwrite", false, false, false},
 		{"prod-disk-1", "randwrite", false, true, true},
 		{"prod-disk-1", "randread", false, false, true},
+		{"prod-disk-1", "write", false, false, false},
+		{"prod-disk-1", "write", false, true, true},
+		{"prod-disk-1", "read", false, false, true},
 		{"prod-disk-1", "randrw", true, false, false},
 		{"prod-disk-1", "randrw", true, true, true},
 		{"nvmepoll-demo", "randwrite", false, false, true},
