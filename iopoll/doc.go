@@ -54,10 +54,13 @@
 //
 // # Waiting
 //
-// Between device polls that found too little, Ring.wait decides how to
-// wait. Today it spins, yielding the processor every few dozen polls. It is
-// the place for adaptive polling (shared/seeds/004, QEMU's poll_ns window)
-// and for blocking on an MSI-X eventfd.
+// Between device polls that found too little, the waiter (wait.go) decides
+// how to wait, by WaitOptions.Mode: ModePoll spins, yielding the processor
+// every 4096 polls; ModeInterrupt blocks on the queue's interrupt (an MSI-X
+// eventfd) at once; ModeAdaptive spins inside a window and then blocks, and
+// adapts the window to how long each Poll waited for the device (QEMU's
+// aio_poll poll_ns, shared/seeds/004). Only the wait counts, not the time
+// the deliver callback takes.
 //
 // Nothing in the steady state allocates: the lists are intrusive and the
 // batch array lives in the Ring.

@@ -232,6 +232,9 @@ func (r *Ring) check(n *int, min, max int) (again bool, err error) {
 	if _, err := r.c.Reap(max - *n); err != nil {
 		return false, err
 	}
+	if !r.done.empty() {
+		r.w.found() // the wait (if any) ends here, before delivery
+	}
 	r.reap(n, max)
 	if *n >= min {
 		return false, nil // includes min == 0: one device poll, no spin

@@ -180,12 +180,18 @@ type waiter struct {
 	irq        Interrupt
 	start, max time.Duration
 
-	// began is when the current Poll first waited, in Ticks; timing says
-	// whether it has. Only ModeAdaptive times its waits.
-	began  int64
-	timing bool
-	clock  TickClock // ModeAdaptive: converts Ticks for the window
-	armed  bool      // Clear done, the device polled since: Wait may block
+	// began is when the current wait for the device started, in Ticks;
+	// timing says whether one is under way. waited sums this Poll's waits
+	// so far, each up to the device poll that found completions: the time
+	// spent delivering them (the caller's callbacks) is not time the
+	// device took, as aio_poll takes block_ns before running handlers.
+	// Only ModeAdaptive times its waits.
+	began    int64
+	timing   bool
+	waited   int64     // Ticks
+	measured bool      // this Poll waited at all
+	clock    TickClock // ModeAdaptive: converts Ticks for the window
+	armed    bool      // Clear done, the device polled since: Wait may block
 	// mask, in ModeAdaptive with a Masker, is unmasked only from arming
 	// to the end of the blocking wait (or of the Poll).
 	mask     Masker
@@ -257,16 +263,25 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 	return nil
 }
 
+// found ends the current wait: a device poll turned up completions.
+func (w *waiter) found() {
+	if w.timing {
+		w.waited += Ticks() - w.began
+		w.timing, w.measured = false, true
+	}
+}
+
 // end closes one Poll: it adapts the window to how long the caller waited
 // for the device, as aio_poll does with block_ns.
 func (w *waiter) end() {
 	w.armed = false
 	w.remask()
-	if !w.timing {
+	w.found() // a Poll that ends while waiting (ctx, error) waited until now
+	if !w.measured {
 		return
 	}
-	waited := w.clock.Duration(Ticks() - w.began)
-	w.timing = false
+	waited := w.clock.Duration(w.waited)
+	w.waited, w.measured = 0, false
 	w.adapt(waited)
 }
 
