@@ -580,8 +580,8 @@ type Stats struct {
 	DMAFaults uint64
 	// Interrupts counts MSI-X signals sent to an attached vector (irq.go);
 	// HeldInterrupts those that found the vector masked and only set its
-	// pending bit.
-	Interrupts, HeldInterrupts uint64
+	// pending bit. Unmasks counts the host's Unmask calls.
+	Interrupts, HeldInterrupts, Unmasks uint64
 }
 
 // Stats returns the counters so far.

@@ -87,6 +87,7 @@ func (i *Interrupt) Unmask() {
 	i.c.mu.Lock()
 	defer i.c.mu.Unlock()
 	i.masked = false
+	i.c.stats.Unmasks++
 	if i.pending {
 		i.pending = false
 		i.sendLocked()
