@@ -17,7 +17,7 @@ import (
 // so a mutex costs nothing that matters.
 
 // AdminCommand runs one admin command and returns its completion. The
-// command's CID is filled in. It waits until ctx is done or
+// command's CID is filled in with the id the controller sees. It waits until ctx is done or
 // Options.AdminTimeout passes, whichever is first. A completion with an
 // error status returns the completion and a *StatusError.
 //
@@ -43,6 +43,10 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 	cmd.CID = cid
 	c.admin.Post(cmd)
 	c.admin.UpdateTail()
+	// The caller, errors and the completion name the command id the
+	// controller saw: the slot with its generation.
+	wire := c.admin.CommandID(cid)
+	cmd.CID = wire
 
 	timeout := c.opts.AdminTimeout
 	start := time.Now()
@@ -67,7 +71,8 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 				continue
 			}
 			c.admin.UpdateHead()
-			if err := StatusFromCompletion(cqe.Status, cid, cmd.Opcode, true); err != nil {
+			cqe.CID = wire
+			if err := StatusFromCompletion(cqe.Status, wire, cmd.Opcode, true); err != nil {
 				if se, ok := err.(*StatusError); ok {
 					se.NSID = cmd.NSID
 				}
@@ -105,7 +110,7 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 			if lastBad != nil {
 				giveUp = fmt.Errorf("%w (last bad completion: %v)", giveUp, lastBad)
 			}
-			return queue.Completion{}, fmt.Errorf("nvme: admin %v (cid %d): %w", op, cid, giveUp)
+			return queue.Completion{}, fmt.Errorf("nvme: admin %v (cid %d): %w", op, wire, giveUp)
 		}
 	}
 }

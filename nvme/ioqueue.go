@@ -517,14 +517,16 @@ func (q *QueuePair) Reap(max int) (int, error) {
 func (q *QueuePair) finish(cid, status uint16, dw0 uint32) {
 	r := q.inflight[cid]
 	q.inflight[cid] = nil
+	if status != 0 && r != nil {
+		// Name the id the controller saw (its error log has it), before
+		// Release moves the slot's generation on.
+		r.Err = q.statusError(r, q.pair.CommandID(cid), status)
+	}
 	q.pair.Release(cid)
 	if r == nil {
 		return
 	}
 	r.DW0 = dw0
-	if status != 0 {
-		r.Err = q.statusError(r, cid, status)
-	}
 	q.ring.Complete(&r.ioreq)
 }
 
@@ -551,7 +553,7 @@ func (q *QueuePair) failAll() int {
 			continue
 		}
 		q.inflight[cid] = nil
-		r.Err = fmt.Errorf("nvme: %v cid %d on queue %d: queue deleted with the command outstanding: %w", r.Opcode, cid, q.id, ErrClosed)
+		r.Err = fmt.Errorf("nvme: %v cid %d on queue %d: queue deleted with the command outstanding: %w", r.Opcode, q.pair.CommandID(uint16(cid)), q.id, ErrClosed)
 		q.ring.Complete(&r.ioreq)
 		n++
 	}
@@ -636,7 +638,7 @@ func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) e
 	if posted {
 		r.abandoned = true
 		q.abandoned++
-		what += fmt.Sprintf(" (cid %d)", r.cid)
+		what += fmt.Sprintf(" (cid %d)", q.pair.CommandID(r.cid))
 		if serr == nil {
 			// Ask the controller to abort it, so the slot comes back
 			// soon. Best effort: many controllers decline.

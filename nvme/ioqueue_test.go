@@ -254,6 +254,13 @@ func TestFaults(t *testing.T) {
 		c, m := openModel(t, nvmetest.Config{}, opts)
 		ns, _ := c.Namespace(1)
 		m.FailLBA(1, 100, 8, nvmetest.OpRead, nvmetest.StatusUnrecoveredRead|nvmetest.StatusDNR)
+		// Reads before it reuse its slot, so its command id carries a
+		// generation: the error must name the id in the error log.
+		for range 3 {
+			if err := ns.ReadBlocks(ctx, 0, make([]byte, 512)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		err := ns.ReadBlocks(ctx, 96, make([]byte, 16*512))
 		var se *StatusError
 		if !errors.Is(err, ErrUnrecoveredRead) || !errors.As(err, &se) {
@@ -274,7 +281,10 @@ func TestFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(log) == 0 || log[0].LBA != 96 || log[0].Status.SC() != 0x81 {
-			t.Errorf("error log %v: want the failed read at lba 96", log)
+			t.Fatalf("error log %v: want the failed read at lba 96", log)
+		}
+		if log[0].CID != se.CID || log[0].CID == 0 || !strings.Contains(se.Error(), fmt.Sprintf("cid %d", log[0].CID)) {
+			t.Errorf("error names cid %d (%q), the controller's error log cid %d: want the same, non-zero after reuse", se.CID, se, log[0].CID)
 		}
 	})
 

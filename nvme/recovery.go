@@ -345,7 +345,7 @@ func (q *QueuePair) failAllWith(err error) int {
 			continue
 		}
 		q.inflight[cid] = nil
-		r.Err = fmt.Errorf("nvme: %v nsid %d lba %d (cid %d) on queue %d: %w", r.Opcode, nsidOf(r), r.LBA, cid, q.id, err)
+		r.Err = fmt.Errorf("nvme: %v nsid %d lba %d (cid %d) on queue %d: %w", r.Opcode, nsidOf(r), r.LBA, q.pair.CommandID(uint16(cid)), q.id, err)
 		q.ring.Complete(&r.ioreq)
 		n++
 	}
