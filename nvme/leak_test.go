@@ -202,7 +202,7 @@ func TestAdminTimeoutRetiresDataPage(t *testing.T) {
 		}
 		return false // only records
 	}})
-	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(0), Delay: 300 * time.Millisecond, Count: 1})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchIdentify(0), Hold: true, Count: 1})
 	ctx := context.Background()
 	before := mem.Mapped()
 	if _, err := c.IdentifyNamespace(ctx, 1); !errors.Is(err, ErrTimeout) {
@@ -220,7 +220,9 @@ func TestAdminTimeoutRetiresDataPage(t *testing.T) {
 	if n := mem.Mapped(); n != before+1 {
 		t.Errorf("%d DMA buffers mapped, %d before: want the old page kept and one new", n, before)
 	}
-	time.Sleep(350 * time.Millisecond) // the late answer lands in the old page
+	if m.ReleaseHeld() != 1 { // the late answer lands in the old page
+		t.Fatal("the timed-out Identify was not held by the model")
+	}
 	if id, err := c.IdentifyNamespace(ctx, 2); err != nil || id.NSZE != 1000 {
 		t.Fatalf("Identify Namespace 2 after the late answer: %v, %v", id, err)
 	}
