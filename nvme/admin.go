@@ -32,13 +32,18 @@ func (c *Controller) AdminCommand(ctx context.Context, cmd *queue.Command) (queu
 func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue.Completion, error) {
 	op := AdminOpcode(cmd.Opcode)
 	if c.closed {
-		return queue.Completion{}, fmt.Errorf("nvme: %v: controller %w", op, ErrClosed)
+		return queue.Completion{}, &notSentError{fmt.Errorf("nvme: %v: controller %w", op, ErrClosed)}
 	}
 	cid, err := c.admin.Acquire()
 	if err != nil {
-		// Only commands lost to timeouts can fill the admin queue.
-		return queue.Completion{}, fmt.Errorf("nvme: %v: all %d admin slots are held by commands that timed out: %w",
-			op, c.admin.Slots(), ErrQueueFull)
+		// Only commands lost to timeouts fill the admin queue; one that
+		// was answered late gives its slot back once reaped.
+		c.reapLateAdmin()
+		cid, err = c.admin.Acquire()
+	}
+	if err != nil {
+		return queue.Completion{}, &notSentError{fmt.Errorf("nvme: %v: all %d admin slots are held by commands that timed out: %w",
+			op, c.admin.Slots(), ErrQueueFull)}
 	}
 	cmd.CID = cid
 	c.admin.Post(cmd)
@@ -113,6 +118,24 @@ func (c *Controller) adminLocked(ctx context.Context, cmd *queue.Command) (queue
 			return queue.Completion{}, fmt.Errorf("nvme: admin %v (cid %d): %w", op, wire, giveUp)
 		}
 	}
+}
+
+// reapLateAdmin takes the completions of admin commands that timed out and
+// were answered since, freeing their slots. adminMu is held.
+func (c *Controller) reapLateAdmin() {
+	for {
+		cqe, ok, err := c.admin.Next()
+		if err != nil {
+			c.countBadCQE(err)
+			continue
+		}
+		if !ok {
+			break
+		}
+		c.admin.Release(cqe.CID)
+		c.adminLost[cqe.CID] = false
+	}
+	c.admin.UpdateHead()
 }
 
 // identify runs Identify with the given CNS and NSID and returns a copy of

@@ -1,6 +1,7 @@
 package nvme
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -9,23 +10,59 @@ import (
 
 // heldQueue is the memory and queue id of a queue pair the controller may
 // still hold: a Delete I/O SQ/CQ failed or timed out, or a Create timed
-// out (it may yet succeed). Freeing the rings would let the controller
-// fetch commands from, or post completions into, whatever is mapped at
-// those IOVAs next, and a new pair on the same id would be refused. So
-// both stay taken until the controller drops every queue: a reset (CC.EN
-// cleared) or Close (after shutdown).
+// out (it may yet succeed), and the reset that would drop the queues
+// failed too. Freeing the rings would let the controller fetch commands
+// from, or post completions into, whatever is mapped at those IOVAs next,
+// and a new pair on the same id would be refused. So both stay taken until
+// the controller drops every queue: a reset (CC.EN cleared) or Close
+// (after shutdown).
 type heldQueue struct {
 	qid uint16
 	mem [3]dma.Buffer // SQ, CQ, PRP lists
 }
 
-// controllerRefused reports whether err from a Create or Delete admin
-// command is the controller's own answer (a completion with an error
-// status), as opposed to no answer at all (a timeout, a dead controller),
-// after which the command may still take effect.
-func controllerRefused(err error) bool {
+// notSentError is an admin command's error from before the command reached
+// the admin SQ (the controller closed, every slot lost to timeouts): the
+// controller never saw it.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
+
+// controllerMayHold reports whether, after a Create or Delete admin command
+// failed with err, the controller may hold the queue: unless it answered
+// (a completion with an error status) or never saw the command, the
+// command may still take effect (a timeout, a dead controller).
+func controllerMayHold(err error) bool {
 	var se *StatusError
-	return errors.As(err, &se)
+	var ns *notSentError
+	return !errors.As(err, &se) && !errors.As(err, &ns)
+}
+
+// dropQueues resets the controller when it may still hold this pair's
+// queues, as Linux does when it cannot delete one: a disabled controller
+// holds no queue, so the rings, and the buffers of commands still
+// outstanding on them, can be reused. The other pairs re-create their
+// queues (recovery.go). If the reset fails, or the controller is fatal or
+// gone (its state is the error the caller sees; resetting it is theirs to
+// decide), the pair stays held (release).
+func (q *QueuePair) dropQueues(why string) error {
+	if !q.mayBeLive {
+		return nil
+	}
+	held := func(err error) error {
+		return fmt.Errorf("nvme: queue pair %d: its memory and id stay taken until the controller is reset or closed: %w", q.id, err)
+	}
+	if err := q.c.Status(); err != nil {
+		return held(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), q.c.opts.AdminTimeout)
+	defer cancel()
+	if err := q.c.reset(ctx, why, false); err != nil {
+		return held(err)
+	}
+	q.mayBeLive = false
+	return nil
 }
 
 // replaceAdminBuf holds the admin data page, into which a timed-out

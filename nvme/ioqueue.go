@@ -238,15 +238,17 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 	}
 	ctx := context.Background()
 	if err := q.createCQ(ctx); err != nil {
-		q.mayBeLive = !controllerRefused(err)
+		q.mayBeLive = controllerMayHold(err)
+		err = errors.Join(err, q.dropQueues(fmt.Sprintf("Create I/O CQ %d unanswered", q.id)))
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
 	if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
-		q.mayBeLive = !controllerRefused(err)
+		q.mayBeLive = controllerMayHold(err)
 		if derr := c.deleteIOCQ(ctx, q.id); derr != nil {
 			q.mayBeLive = true
 			err = errors.Join(err, derr)
 		}
+		err = errors.Join(err, q.dropQueues(fmt.Sprintf("queue pair %d half created", q.id)))
 		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 	}
 	return nil
@@ -724,8 +726,8 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 			q.mayBeLive = true
 			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
 		}
-		if q.mayBeLive {
-			errs = append(errs, fmt.Errorf("nvme: queue pair %d: its memory and id stay taken until the controller is reset or closed", q.id))
+		if err := q.dropQueues(fmt.Sprintf("deleting queue pair %d failed", q.id)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// The controller will not answer anything still outstanding: fail it.

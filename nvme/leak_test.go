@@ -1,6 +1,7 @@
 package nvme
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"runtime"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nvmepoll/nvmepoll/nvme/nvmetest"
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
 
 // checkGoroutines records the number of goroutines now and, when the test
@@ -110,31 +112,27 @@ func TestCloseReleasesEverything(t *testing.T) {
 }
 
 // A queue pair whose Delete the controller fails, or whose Create it never
-// answers, may still be in use by the controller: its rings stay mapped
-// and its queue id taken (a new pair there would get the controller's
-// completions for the old one) until a reset or Close frees them.
-func TestUndeletedQueueIsHeld(t *testing.T) {
+// answers, may still be in use by the controller: nvmepoll resets it (as
+// Linux does), which drops every queue, and only then frees the rings and
+// the queue id; a new pair works at once.
+func TestUndeletedQueueResets(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		fault func() *nvmetest.Fault
+		fault *nvmetest.Fault
 		// make leaves behind a pair the controller may hold.
 		make func(t *testing.T, c *Controller)
 	}{
-		{"delete fails", func() *nvmetest.Fault {
-			return &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Status: nvmetest.StatusInternalError, Count: 1}
-		},
+		{"delete fails", &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Status: nvmetest.StatusInternalError, Count: 1},
 			func(t *testing.T, c *Controller) {
 				qp, err := c.NewQueuePair(16)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset") {
-					t.Errorf("Close with a failing Delete I/O SQ: %v, want the error and that the pair stays held", err)
+				if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "Internal Error") {
+					t.Errorf("Close with a failing Delete I/O SQ: %v, want the controller's error", err)
 				}
 			}},
-		{"create unanswered", func() *nvmetest.Fault {
-			return &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpCreateCQ), Drop: true, Count: 1}
-		},
+		{"create unanswered", &nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpCreateCQ), Drop: true, Count: 1},
 			func(t *testing.T, c *Controller) {
 				if _, err := c.NewQueuePair(16); !errors.Is(err, ErrTimeout) {
 					t.Errorf("NewQueuePair with Create I/O CQ unanswered: %v, want ErrTimeout", err)
@@ -142,46 +140,81 @@ func TestUndeletedQueueIsHeld(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, reset := range []bool{true, false} {
-				m, err := nvmetest.New(nvmetest.Config{MaxQueuePairs: 1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				mem := m.DMA().(*nvmetest.Memory)
-				c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
-				if err != nil {
-					t.Fatal(err)
-				}
-				before := mem.Mapped()
-				m.Inject(tc.fault())
-				tc.make(t, c)
-				if n := mem.Mapped(); n <= before {
-					t.Errorf("%d DMA buffers mapped after the pair went, %d before it: its rings were freed while the controller may use them", n, before)
-				}
-				if _, err := c.NewQueuePair(16); !errors.Is(err, ErrQueueFull) || !strings.Contains(err.Error(), "1 of them by queues it did not delete") {
-					t.Errorf("NewQueuePair on the held queue id: %v, want ErrQueueFull saying why", err)
-				}
-				if reset {
-					if err := c.Reset(context.Background()); err != nil {
-						t.Fatal(err)
-					}
-					if n := mem.Mapped(); n != before {
-						t.Errorf("%d DMA buffers mapped after the reset, want %d: the held rings were not freed", n, before)
-					}
-					qp, err := c.NewQueuePair(16)
-					if err != nil {
-						t.Fatalf("NewQueuePair after the reset freed the queue id: %v", err)
-					}
-					if err := qp.Close(); err != nil {
-						t.Fatal(err)
-					}
-				}
-				c.Close()
-				if n := mem.Mapped(); n != 0 {
-					t.Errorf("reset %v: %d DMA buffers still mapped after Close", reset, n)
-				}
+			c, m := openModel(t, nvmetest.Config{MaxQueuePairs: 1}, &Options{AdminTimeout: 200 * time.Millisecond})
+			mem := m.DMA().(*nvmetest.Memory)
+			before := mem.Mapped()
+			m.Inject(tc.fault)
+			tc.make(t, c)
+			if n := c.Counters().Resets; n != 1 {
+				t.Errorf("%d resets, want 1 to drop the queue the controller may still hold", n)
+			}
+			if n := mem.Mapped(); n != before {
+				t.Errorf("%d DMA buffers mapped after the reset, want %d", n, before)
+			}
+			qp, err := c.NewQueuePair(16)
+			if err != nil {
+				t.Fatalf("NewQueuePair on the same queue id after the reset: %v", err)
+			}
+			if err := qp.Close(); err != nil {
+				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// If that reset fails too, the pair's rings and queue id stay taken (the
+// controller may still use them) until Close, after shutdown, frees them.
+// (No new command reaches the controller meanwhile: it is failed until a
+// reset succeeds, and that drops the queues.)
+func TestUndeletedQueueHeldWhenResetFails(t *testing.T) {
+	m, err := nvmetest.New(nvmetest.Config{MaxQueuePairs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := m.DMA().(*nvmetest.Memory)
+	c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qp, err := c.NewQueuePair(16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := mem.Mapped()
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Status: nvmetest.StatusInternalError, Count: 1})
+	// The reset's Set Features (number of queues) fails, twice (it retries).
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpSetFeatures), Status: nvmetest.StatusInternalError, Count: 2})
+	if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset or closed") {
+		t.Errorf("Close with a failing Delete and a failing reset: %v, want that the pair stays held", err)
+	}
+	if n := mem.Mapped(); n != before {
+		t.Errorf("%d DMA buffers mapped after the pair went, %d before: its rings were freed while the controller may use them", n, before)
+	}
+	c.Close()
+	if n := mem.Mapped(); n != 0 {
+		t.Errorf("%d DMA buffers still mapped after Close", n)
+	}
+}
+
+// An admin queue whose every slot went to commands that timed out recovers
+// once the controller answers them late: the next command reaps those
+// answers and takes a slot, without a reset.
+func TestFullAdminQueueRecoversOnLateCompletions(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{}, &Options{AdminDepth: 2, AdminTimeout: 100 * time.Millisecond})
+	ctx := context.Background()
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpGetFeatures), Hold: true, Count: 1})
+	if _, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("held Get Features: %v, want ErrTimeout", err)
+	}
+	if _, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("admin command with the one slot lost: %v, want ErrQueueFull", err)
+	}
+	m.ReleaseHeld()
+	if _, err := c.GetFeatures(ctx, FeatureNumberOfQueues, 0, 0); err != nil {
+		t.Errorf("admin command after the lost one was answered: %v", err)
+	}
+	if n := c.Counters().Resets; n != 0 {
+		t.Errorf("%d resets, want none", n)
 	}
 }
 
@@ -232,4 +265,98 @@ func TestAdminTimeoutRetiresDataPage(t *testing.T) {
 	if n := mem.Mapped(); n != before {
 		t.Errorf("%d DMA buffers mapped after the reset, want %d: the old page was not freed", n, before)
 	}
+}
+
+// A synchronous read that timed out is abandoned on its pair, which is then
+// retired; when the controller fails the pair's Delete I/O SQ, the read's
+// bounce buffer must not go to the next caller while the controller may
+// still write into it. nvmepoll resets the controller (dropping the read)
+// before the buffer is reused.
+func TestAbandonedBounceBufferNotReusedWhileQueueLives(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}},
+		&Options{SyncQueues: 1, AdminTimeout: 200 * time.Millisecond, IOTimeout: time.Minute})
+	ns, _ := c.Namespace(1)
+	ctx := context.Background()
+	pattern := bytes.Repeat([]byte("LATE"), 128)
+	if err := ns.WriteBlocks(ctx, 0, pattern); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var readPRP uint64
+	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
+		if cmd.SQID != 0 && cmd.Opcode == nvmetest.OpRead {
+			mu.Lock()
+			readPRP = cmd.PRP1
+			mu.Unlock()
+		}
+		return false
+	}})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpAbort), Status: nvmetest.StatusInternalError})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Hold: true, Count: 1})
+	rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	err := ns.ReadBlocks(rctx, 0, make([]byte, 512)) // abandoned; its pair is retired
+	cancel()
+	if !errors.Is(err, ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("held read: %v", err)
+	}
+	if n := c.Counters().Resets; n != 1 {
+		t.Errorf("%d resets after the retired pair's Delete failed, want 1", n)
+	}
+	var bufs []dma.Buffer
+	for {
+		b, err := c.syncPool.Get()
+		if err != nil {
+			break
+		}
+		bufs = append(bufs, b)
+	}
+	mu.Lock()
+	prp := readPRP
+	mu.Unlock()
+	if prp == 0 {
+		t.Fatal("the model saw no read")
+	}
+	for _, b := range bufs {
+		if b.IOVA == prp {
+			clear(b.Bytes[:512])
+			m.ReleaseHeld() // the controller finally runs the read
+			time.Sleep(50 * time.Millisecond)
+			if bytes.Equal(b.Bytes[:512], pattern) {
+				t.Errorf("the late read landed in bounce buffer %#x, which the pool had handed out again", prp)
+			}
+		}
+	}
+	for _, b := range bufs {
+		c.syncPool.Put(b)
+	}
+	m.ReleaseHeld()
+}
+
+// A Create I/O CQ that never reached the controller (the admin queue's one
+// slot is lost to a timed-out command) leaves no queue behind: no reset,
+// the pair's memory freed at once, and its queue id free for the next pair.
+func TestUnsentCreateIsNotHeld(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{MaxQueuePairs: 1}, &Options{AdminDepth: 2, AdminTimeout: 100 * time.Millisecond})
+	mem := m.DMA().(*nvmetest.Memory)
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpGetFeatures), Hold: true, Count: 1})
+	if _, err := c.GetFeatures(context.Background(), FeatureNumberOfQueues, 0, 0); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("held Get Features: %v, want ErrTimeout", err)
+	}
+	before := mem.Mapped()
+	if _, err := c.NewQueuePair(16); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("NewQueuePair with the admin queue full: %v, want ErrQueueFull", err)
+	}
+	if n := mem.Mapped(); n != before {
+		t.Errorf("%d DMA buffers mapped after the failed NewQueuePair, %d before: a queue never created is held", n, before)
+	}
+	if n := c.Counters().Resets; n != 0 {
+		t.Errorf("%d resets for a Create the controller never received, want none", n)
+	}
+	m.ReleaseHeld()
+	qp, err := c.NewQueuePair(16)
+	if err != nil {
+		t.Fatalf("NewQueuePair once the admin slot is back: %v", err)
+	}
+	qp.Close()
 }
