@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nvmepoll/nvmepoll/iopoll"
@@ -130,6 +131,10 @@ type Controller struct {
 	syncMu    sync.Mutex      // guards syncMade, syncMax and syncRetired
 	syncMade  int             // synchronous queue pairs created so far
 	syncMax   int             // at most this many
+	syncLimit int             // syncMax as Open set it, before queue ids ran out
+	// qidFreed is set when a queue id is given back: syncMax, lowered
+	// while the caller held every id, may go back up to syncLimit.
+	qidFreed atomic.Bool
 	// syncRetired, when not nil, is closed when putSyncPair retires a
 	// pair, to wake callers waiting in takeSyncPair for a slot.
 	syncRetired chan struct{}
@@ -274,7 +279,7 @@ func (c *Controller) bringUp() error {
 		return err
 	}
 	c.syncPairs = make(chan *QueuePair, nsync)
-	c.syncMax = nsync
+	c.syncMax, c.syncLimit = nsync, nsync
 	c.syncPool, err = NewPool(c.dev.DMA(), nbounce, c.maxTransfer)
 	if err != nil {
 		return fmt.Errorf("nvme: %w", err)

@@ -103,6 +103,9 @@ func (c *Controller) freeHeld() error {
 		}
 	}
 	c.qpMu.Unlock()
+	if len(held) > 0 {
+		c.qidFreed.Store(true)
+	}
 	var errs []error
 	a := c.dev.DMA()
 	for _, h := range held {

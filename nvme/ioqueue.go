@@ -187,6 +187,7 @@ func (c *Controller) releaseQID(qid uint16) {
 		c.qids[qid] = false
 	}
 	c.qpMu.Unlock()
+	c.qidFreed.Store(true)
 }
 
 func (q *QueuePair) setup(depth int, o QueueOptions) error {

@@ -369,6 +369,9 @@ func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 	}
 	for {
 		c.syncMu.Lock()
+		if c.qidFreed.Swap(false) {
+			c.syncMax = c.syncLimit // ids came back since they ran out
+		}
 		if c.syncMade < c.syncMax {
 			qp, err := c.NewQueuePair(c.opts.SyncDepth)
 			if err == nil {

@@ -390,6 +390,57 @@ func TestSyncWaiterSurvivesRetiredPair(t *testing.T) {
 	}
 }
 
+// When the caller held every queue id, the synchronous API shared the pairs
+// it had; once ids come back it makes more again, up to SyncQueues, so two
+// synchronous reads run at once.
+func TestSyncQueuesComeBackWithQueueIDs(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{MaxQueuePairs: 2}, &Options{SyncQueues: 2})
+	ns, _ := c.Namespace(1)
+	ctx := context.Background()
+	mine, err := c.NewQueuePair(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() error { return ns.ReadBlocks(ctx, 0, make([]byte, 512)) }
+	// Two reads at once with one id left: the second shares the first's pair.
+	slow := &nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Delay: 50 * time.Millisecond, Count: 1}
+	m.Inject(slow)
+	errs := make(chan error, 2)
+	go func() { errs <- read() }()
+	time.Sleep(10 * time.Millisecond)
+	go func() { errs <- read() }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := mine.Close(); err != nil {
+		t.Fatal(err)
+	}
+	held := &nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 2}
+	m.Inject(held)
+	go func() { errs <- read() }()
+	go func() { errs <- read() }()
+	for deadline := time.Now().Add(5 * time.Second); held.Hits() < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := held.Hits(); n != 2 {
+		t.Errorf("%d of 2 synchronous reads reached the controller at once after the queue id came back, want 2 (SyncQueues 2)", n)
+	}
+	// Release them (the second one too, if it only now gets a pair).
+	for done := 0; done < 2; {
+		m.ReleaseHeld()
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+			done++
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // TestOneQueueController: on a controller that grants a single I/O queue
 // (QEMU's max_ioqpairs=1), a caller may take it for asynchronous I/O; the
 // synchronous API then says why it cannot run, and works once it is back.
