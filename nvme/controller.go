@@ -124,8 +124,10 @@ type Controller struct {
 	qids  []bool // qids[i]: I/O queue id i is in use (0 is admin)
 	pairs map[*QueuePair]struct{}
 	held  []heldQueue // queues the controller may still hold (heldqueue.go)
-	// heldPages are admin data pages a timed-out command may still write.
-	heldPages []dma.Buffer
+	// heldPages are admin data pages a timed-out command may still write;
+	// heldBounce pool buffers of commands on held queues.
+	heldPages  []dma.Buffer
+	heldBounce []heldBuffer
 
 	syncPairs chan *QueuePair // the synchronous API's idle queue pairs
 	syncMu    sync.Mutex      // guards syncMade, syncMax and syncRetired

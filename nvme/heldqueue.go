@@ -39,6 +39,34 @@ func controllerMayHold(err error) bool {
 	return !errors.As(err, &se) && !errors.As(err, &ns)
 }
 
+// stillThere reports whether, after a Delete I/O SQ/CQ failed with err, the
+// queue may still exist: unless the controller said there is no such queue
+// (Invalid Queue Identifier: a reset dropped it, or it was never
+// re-created), it may.
+func stillThere(err error) bool { return !errors.Is(err, ErrInvalidQueueIdentifier) }
+
+// giveBackBounce returns the bounce buffer of a command the controller is
+// done with; while the pair is held (the controller may still use its
+// queues) the buffer is held with it, since a late command could still
+// write into it.
+func (q *QueuePair) giveBackBounce(p *Pool, b dma.Buffer) {
+	if !q.mayBeLive {
+		p.Put(b)
+		return
+	}
+	c := q.c
+	c.qpMu.Lock()
+	c.heldBounce = append(c.heldBounce, heldBuffer{p, b})
+	c.qpMu.Unlock()
+}
+
+// heldBuffer is a pool buffer kept from reuse while a held queue may still
+// write into it.
+type heldBuffer struct {
+	pool *Pool
+	buf  dma.Buffer
+}
+
 // dropQueues resets the controller when it may still hold this pair's
 // queues, as Linux does when it cannot delete one: a disabled controller
 // holds no queue, so the rings, and the buffers of commands still
@@ -48,6 +76,12 @@ func controllerMayHold(err error) bool {
 // decide), the pair stays held (release).
 func (q *QueuePair) dropQueues(why string) error {
 	if !q.mayBeLive {
+		return nil
+	}
+	if q.c.rec.gen.Load() != q.gen {
+		// A reset (or a failure) since the queues were made: that reset
+		// dropped them.
+		q.mayBeLive = false
 		return nil
 	}
 	held := func(err error) error {
@@ -95,8 +129,8 @@ func (c *Controller) hold(q *QueuePair) {
 // of freeing. Call it only once the controller is disabled or shut down.
 func (c *Controller) freeHeld() error {
 	c.qpMu.Lock()
-	held, pages := c.held, c.heldPages
-	c.held, c.heldPages = nil, nil
+	held, pages, bounce := c.held, c.heldPages, c.heldBounce
+	c.held, c.heldPages, c.heldBounce = nil, nil, nil
 	for _, h := range held {
 		if int(h.qid) < len(c.qids) {
 			c.qids[h.qid] = false
@@ -117,6 +151,9 @@ func (c *Controller) freeHeld() error {
 	}
 	for _, b := range pages {
 		errs = append(errs, a.Free(b))
+	}
+	for _, h := range bounce {
+		h.pool.Put(h.buf) // harmless if the pool is closed already
 	}
 	return errors.Join(errs...)
 }

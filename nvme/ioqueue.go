@@ -140,6 +140,9 @@ func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
 	case o.CQDepth < depth || o.CQDepth > limit:
 		return nil, fmt.Errorf("nvme: %w: CQ depth %d is outside %d..%d (the SQ depth to CAP.MQES+1)", ErrInvalidArgument, o.CQDepth, depth, limit)
 	}
+	if err := c.failedErr(); err != nil {
+		return nil, fmt.Errorf("nvme: new queue pair: the controller failed (Reset to try again): %w", err)
+	}
 	qid, err := c.takeQID()
 	if err != nil {
 		return nil, err
@@ -187,7 +190,6 @@ func (c *Controller) releaseQID(qid uint16) {
 		c.qids[qid] = false
 	}
 	c.qpMu.Unlock()
-	c.qidFreed.Store(true)
 }
 
 func (q *QueuePair) setup(depth int, o QueueOptions) error {
@@ -556,7 +558,11 @@ func (q *QueuePair) failAll() int {
 			continue
 		}
 		q.inflight[cid] = nil
-		r.Err = fmt.Errorf("nvme: %v cid %d on queue %d: queue deleted with the command outstanding: %w", r.Opcode, q.pair.CommandID(uint16(cid)), q.id, ErrClosed)
+		what := "queue deleted with the command outstanding"
+		if q.mayBeLive {
+			what = "the queue could not be deleted and the controller not reset: it may still write the command's buffer, keep it until Controller.Reset or Close"
+		}
+		r.Err = fmt.Errorf("nvme: %v cid %d on queue %d: %s: %w", r.Opcode, q.pair.CommandID(uint16(cid)), q.id, what, ErrClosed)
 		q.ring.Complete(&r.ioreq)
 		n++
 	}
@@ -574,7 +580,7 @@ func (q *QueuePair) deliver(batch []*iopoll.Request) {
 			// with the bounce buffer now.
 			q.abandoned--
 			if r.bounce != nil {
-				r.bounce.Put(r.Buf)
+				q.giveBackBounce(r.bounce, r.Buf)
 			}
 			continue
 		}
@@ -720,11 +726,11 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 		// Deleting the SQ aborts what is still outstanding; then the CQ.
 		// If either fails the controller may still use the rings.
 		if err := c.deleteIOSQ(bg, q.id); err != nil {
-			q.mayBeLive = true
+			q.mayBeLive = q.mayBeLive || stillThere(err)
 			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
 		}
 		if err := c.deleteIOCQ(bg, q.id); err != nil {
-			q.mayBeLive = true
+			q.mayBeLive = q.mayBeLive || stillThere(err)
 			errs = append(errs, fmt.Errorf("nvme: deleting queue pair %d: %w", q.id, err))
 		}
 		if err := q.dropQueues(fmt.Sprintf("deleting queue pair %d failed", q.id)); err != nil {
@@ -735,6 +741,9 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	q.dead.Store(true)
 	if err := q.ring.Close(context.Background()); err != nil {
 		errs = append(errs, err)
+	}
+	if !q.mayBeLive {
+		c.qidFreed.Store(true) // the synchronous API may make a pair on it
 	}
 	q.release()
 	c.qpMu.Lock()
