@@ -488,24 +488,26 @@ func (c *Controller) teardown(shutdown bool) error {
 		}
 		cancel()
 	}
-	if c.syncPool != nil {
-		errs = append(errs, c.syncPool.Close())
-	}
 	c.qpMu.Lock()
 	pools := c.pools
 	c.pools = nil
 	c.qids = nil // no new queue pairs
 	c.qpMu.Unlock()
-	for _, p := range pools {
-		errs = append(errs, p.Close())
-	}
 	c.adminMu.Lock()
 	c.closed = true
 	c.adminMu.Unlock()
 	if shutdown {
 		errs = append(errs, c.shutdown())
 	}
-	errs = append(errs, c.freeHeld()) // shut down (or gone): it holds no queues
+	// Shut down (or gone), the controller holds no queue: only now may the
+	// memory of held pairs, and the pools their commands point into, go.
+	errs = append(errs, c.freeHeld())
+	if c.syncPool != nil {
+		errs = append(errs, c.syncPool.Close())
+	}
+	for _, p := range pools {
+		errs = append(errs, p.Close())
+	}
 	errs = append(errs, c.freeShadowDoorbells()...)
 	a := c.dev.DMA()
 	for _, b := range []*dma.Buffer{&c.adminSQ, &c.adminCQ, &c.adminBuf} {

@@ -721,6 +721,14 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	q.ring.Close(done) // stop Submit; the rest is reaped below
 	// After a controller reset the pair's queues exist only if it
 	// recovered since (the reset dropped them).
+	if deleteQueues && !alive && q.gen == c.rec.gen.Load() && errors.Is(c.Status(), ErrControllerFatal) {
+		// Fatal, the controller will not delete the queues, nor was it
+		// reset since they were made: it may still use them.
+		q.mayBeLive = true
+		if err := q.dropQueues(fmt.Sprintf("queue pair %d closed on a fatal controller", q.id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if deleteQueues && alive && q.gen == c.rec.gen.Load() {
 		bg := context.Background()
 		// Deleting the SQ aborts what is still outstanding; then the CQ.

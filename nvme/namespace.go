@@ -384,7 +384,10 @@ func (c *Controller) takeSyncPair(ctx context.Context) (*QueuePair, error) {
 				return nil, fmt.Errorf("nvme: creating a queue pair for synchronous I/O: %w", err)
 			}
 			// Queue ids ran out (the caller holds the rest): share ours.
-			c.syncMax = c.syncMade
+			// Not when the controller failed: a Reset brings them back.
+			if c.failedErr() == nil {
+				c.syncMax = c.syncMade
+			}
 		}
 		if c.syncRetired == nil {
 			c.syncRetired = make(chan struct{})

@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,4 +277,153 @@ func TestFailedSyncPairNotRetriedWithReset(t *testing.T) {
 	if k := c.Counters(); k.Resets > 1 {
 		t.Errorf("%d controller resets, want at most 1: each contended synchronous call tried to make the second pair again", k.Resets)
 	}
+}
+
+// releaseOnShutdown is the model with one hook: just before the host's
+// CC.SHN write reaches it, the controller runs the commands it held (a late
+// answer arriving during Controller.Close, before the shutdown).
+type releaseOnShutdown struct {
+	*nvmetest.Controller
+	released int
+}
+
+func (d *releaseOnShutdown) Write32(off int, v uint32) {
+	if off == RegCC && v>>14&3 != 0 {
+		d.released += d.Controller.ReleaseHeld()
+	}
+	d.Controller.Write32(off, v)
+}
+
+// A sync pair is held (Delete unanswered, controller fatal so no reset),
+// with its abandoned read's bounce buffer in heldBounce. Controller.Close
+// must keep that buffer mapped until the controller is shut down, as it
+// does the pair's rings.
+func TestHeldBounceMappedUntilShutdown(t *testing.T) {
+	m, err := nvmetest.New(nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &releaseOnShutdown{Controller: m}
+	c, err := Open(dev, &Options{SyncQueues: 1, AdminTimeout: 200 * time.Millisecond, IOTimeout: time.Minute, ShutdownTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := c.Namespace(1)
+	ctx := context.Background()
+	if err := ns.WriteBlocks(ctx, 0, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+	deleting := make(chan struct{}, 1)
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpAbort), Status: nvmetest.StatusInternalError})
+	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
+		if cmd.SQID == 0 && cmd.Opcode == nvmetest.OpDeleteSQ {
+			select {
+			case deleting <- struct{}{}:
+			default:
+			}
+			return true
+		}
+		return false
+	}, Hold: true, Count: 1})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); <-deleting; time.Sleep(20 * time.Millisecond); m.SetFatal() }()
+	rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	err = ns.ReadBlocks(rctx, 0, make([]byte, 512)) // abandoned; pair retired and held
+	cancel()
+	wg.Wait()
+	if err == nil {
+		t.Fatal("read held by the controller succeeded")
+	}
+	c.qpMu.Lock()
+	nheld, nbounce := len(c.held), len(c.heldBounce)
+	c.qpMu.Unlock()
+	if nheld != 1 || nbounce != 1 {
+		t.Fatalf("held %d pairs, %d bounce buffers: the setup did not hold the pair", nheld, nbounce)
+	}
+	c.Close()
+	if dev.released == 0 {
+		t.Fatal("nothing was held at shutdown")
+	}
+	if n := m.DMAFaults(); n != 0 {
+		t.Errorf("late read on a held queue during Close hit %d unmapped IOVAs: the held bounce buffer's pool was unmapped before shutdown", n)
+	}
+}
+
+// After a failed reset, a contended synchronous call finds NewQueuePair
+// refused (controller failed) and lowers syncMax to the pairs it has. A
+// successful Reset must let the synchronous API use all its pairs again.
+func TestSyncMaxAfterFailedThenSuccessfulReset(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}},
+		&Options{SyncQueues: 2, AdminTimeout: 200 * time.Millisecond})
+	ns, _ := c.Namespace(1)
+	ctx := context.Background()
+	if err := ns.WriteBlocks(ctx, 0, make([]byte, 512)); err != nil { // makes sync pair 1
+		t.Fatal(err)
+	}
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpSetFeatures), Status: nvmetest.StatusInternalError, Count: 2})
+	if err := c.Reset(ctx); err == nil {
+		t.Fatal("reset with failing Set Features succeeded")
+	}
+	qp, err := c.takeSyncPair(ctx) // another goroutine's call holds pair 1
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	ns.ReadBlocks(wctx, 0, make([]byte, 512)) // fails: controller failed
+	cancel()
+	c.putSyncPair(qp)
+	if err := c.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	qp, err = c.takeSyncPair(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.putSyncPair(qp)
+	wctx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := ns.ReadBlocks(wctx, 0, make([]byte, 512)); err != nil {
+		c.syncMu.Lock()
+		t.Errorf("second concurrent synchronous call after a successful Reset: %v (syncMax %d, syncLimit %d)", err, c.syncMax, c.syncLimit)
+		c.syncMu.Unlock()
+	}
+}
+
+// A pair closed while the controller is fatal: it cannot delete the queues
+// and was not reset since they were made, so it may still use them; the
+// rings stay mapped (held) and Close says so.
+func TestFatalCloseHoldsRings(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}}, &Options{AdminTimeout: 200 * time.Millisecond})
+	mem := m.DMA().(*nvmetest.Memory)
+	ns, _ := c.Namespace(1)
+	pool, _ := c.NewPool(1, 4096)
+	b, _ := pool.Get()
+	qp, err := c.NewQueuePair(16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hf := m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
+	if err := qp.Submit(&Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: b}); err != nil {
+		t.Fatal(err)
+	}
+	for hf.Hits() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	m.SetFatal()
+	before := mem.Mapped()
+	if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset or closed") {
+		t.Errorf("Close on a fatal controller: %v, want that the pair stays held", err)
+	}
+	if n := mem.Mapped(); n != before {
+		t.Errorf("%d DMA buffers mapped after Close, %d before: the rings were freed", n, before)
+	}
+	if n := m.ReleaseHeld(); n != 1 { // the controller posts the held read's completion
+		t.Fatalf("the model released %d held reads, want 1", n)
+	}
+	if n := m.DMAFaults(); n != 0 {
+		t.Errorf("%d DMA accesses to unmapped IOVAs: the undeleted pair's rings were freed while the fatal controller held its queues", n)
+	}
+	c.Reset(context.Background())
 }
