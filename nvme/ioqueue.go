@@ -52,9 +52,14 @@ type QueuePair struct {
 	lastScan   int64      // tick of the last timeout scan
 	lastHealth int64      // tick of the last CSTS check
 	reaps      uint32     // Reap calls, for the clock refresh
-	clock      clockGate  // when Reap reads the system clock
-	syncReq    *Request   // the synchronous API's request (syncRequest)
-	syncCtx    execContext
+	clock      clockGate  // when Reap reads the system clock for the timeout scan
+	// idleClock is the idle path's own gate: sharing clock, the scan
+	// (due first, every tickEvery Reaps with commands outstanding) took
+	// every "due" and the CSTS check never ran while a pair spun on a
+	// controller that had stopped answering.
+	idleClock clockGate
+	syncReq   *Request // the synchronous API's request (syncRequest)
+	syncCtx   execContext
 
 	// mayBeLive: a Create or Delete of this pair's queues went unanswered
 	// or failed, so the controller may still use its rings (release).
@@ -240,21 +245,38 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 		return err
 	}
 	ctx := context.Background()
-	if err := q.createCQ(ctx); err != nil {
-		q.mayBeLive = controllerMayHold(err)
-		err = errors.Join(err, q.dropQueues(fmt.Sprintf("Create I/O CQ %d unanswered", q.id)))
-		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
-	}
-	if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
-		q.mayBeLive = controllerMayHold(err)
-		if derr := c.deleteIOCQ(ctx, q.id); derr != nil {
-			q.mayBeLive = true
-			err = errors.Join(err, derr)
+	for attempt := 1; ; attempt++ {
+		// q.gen must be the generation the queues live in. Resets bump it
+		// under the admin lock, so if it is the same after both Creates as
+		// before, no reset came between.
+		q.gen = c.rec.gen.Load()
+		if err := q.createCQ(ctx); err != nil {
+			q.mayBeLive = controllerMayHold(err)
+			err = errors.Join(err, q.dropQueues(fmt.Sprintf("Create I/O CQ %d unanswered", q.id)))
+			return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
 		}
-		err = errors.Join(err, q.dropQueues(fmt.Sprintf("queue pair %d half created", q.id)))
-		return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
+		if err := c.createIOSQ(ctx, q.id, depth, q.sq.IOVA, q.id); err != nil {
+			q.mayBeLive = controllerMayHold(err)
+			if derr := c.deleteIOCQ(ctx, q.id); derr != nil {
+				q.mayBeLive = true
+				err = errors.Join(err, derr)
+			}
+			err = errors.Join(err, q.dropQueues(fmt.Sprintf("queue pair %d half created", q.id)))
+			return fmt.Errorf("nvme: creating queue pair %d: %w", q.id, err)
+		}
+		if c.rec.gen.Load() == q.gen {
+			return nil
+		}
+		// A reset ran while the queues were being made: they are gone, or
+		// were made after it. Delete what is left and make them again.
+		c.deleteIOSQ(ctx, q.id) // errors ignored: either may be absent
+		c.deleteIOCQ(ctx, q.id)
+		q.pair.Reset()
+		if attempt == MaxResubmits {
+			q.mayBeLive = true // may exist: held, not freed (release)
+			return fmt.Errorf("nvme: creating queue pair %d: %d controller resets while creating it: %w", q.id, attempt, ErrReset)
+		}
 	}
-	return nil
 }
 
 // release gives the pair's memory and queue id back, or, if the
@@ -510,7 +532,7 @@ func (q *QueuePair) Reap(max int) (int, error) {
 	q.idlePolls++
 	// A Ring that slept (interrupt modes) is checked at once; a spinning
 	// one when the clock is due.
-	if b := q.ring.Blocks(); q.idlePolls%idleCheckEvery == 0 && q.clockDue() || b != q.blocksSeen {
+	if b := q.ring.Blocks(); q.idlePolls%idleCheckEvery == 0 && q.idleClock.due(q.c.refreshTicks) || b != q.blocksSeen {
 		q.blocksSeen = b
 		if q.idleCheck() {
 			n += q.recover()
@@ -651,6 +673,13 @@ func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) e
 		if serr == nil {
 			// Ask the controller to abort it, so the slot comes back
 			// soon. Best effort: many controllers decline.
+			// Counted as the scan counts its own; past IOTimeout the
+			// request is marked, so the scan does not abort it again.
+			if x.waited() >= q.c.opts.IOTimeout {
+				q.c.rec.counts.timeouts.Add(1)
+				r.abortAt = q.c.now()
+			}
+			q.c.rec.counts.aborts.Add(1)
 			actx, cancel := context.WithTimeout(context.Background(), time.Second)
 			if aborted, aerr := q.c.Abort(actx, q.id, q.pair.CommandID(r.cid)); aerr == nil && aborted {
 				q.ring.Poll(0, iopoll.Batch)

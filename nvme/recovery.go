@@ -209,7 +209,8 @@ func (c *Controller) restart(ctx context.Context) error {
 }
 
 // resetShadowDoorbells starts the pair's shadow doorbells over (zero slots,
-// zero last value) in place: the queue.Pair holds pointers to them.
+// zero last value, counters kept) in place: the queue.Pair holds pointers
+// to them.
 func (q *QueuePair) resetShadowDoorbells() error {
 	if q.sqShadow == nil {
 		return nil
@@ -223,10 +224,8 @@ func (q *QueuePair) resetShadowDoorbells() error {
 	if err != nil {
 		return err
 	}
-	oldSQ, oldCQ := q.sqShadow, q.cqShadow
-	q.shadowDoorbells(sqdb, cqdb) // new ones, slots zeroed
-	*oldSQ, *oldCQ = *q.sqShadow, *q.cqShadow
-	q.sqShadow, q.cqShadow = oldSQ, oldCQ
+	q.sqShadow.Reset(sqdb)
+	q.cqShadow.Reset(cqdb)
 	return nil
 }
 
@@ -252,6 +251,12 @@ func (q *QueuePair) recover() int {
 			return n
 		}
 		err := q.recreate()
+		if err == nil && c.rec.gen.Load() != gen && attempt < MaxResubmits {
+			// Another reset came while the queues were being made: they
+			// may be gone, or live in its generation. Nothing is posted
+			// yet; make them again before posting anything.
+			continue
+		}
 		if err == nil {
 			q.broken = nil
 			break
@@ -322,6 +327,12 @@ func (q *QueuePair) recreate() error {
 		// pair's own, so delete the leftovers and create them once more.
 		c.deleteIOSQ(ctx, q.id) // errors ignored: either may be absent
 		c.deleteIOCQ(ctx, q.id)
+		// Deleting the SQ may have posted aborts for what it held:
+		// clear them out of the ring before the queues are made again.
+		q.pair.Reset()
+		if err := q.resetShadowDoorbells(); err != nil {
+			return err
+		}
 		err = q.createQueues(ctx, depth)
 	}
 	return err

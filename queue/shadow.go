@@ -39,6 +39,15 @@ func NewShadowDoorbell(shadow, eventIdx *uint32, mmio Doorbell) *ShadowDoorbell 
 	return &ShadowDoorbell{shadow: shadow, eventIdx: eventIdx, mmio: mmio}
 }
 
+// Reset starts the doorbell over for a queue re-created after a controller
+// reset: both slots and the last value zeroed, as NewShadowDoorbell leaves
+// them, and mmio as the register. The counters keep counting.
+func (d *ShadowDoorbell) Reset(mmio Doorbell) {
+	atomic.StoreUint32(d.shadow, 0)
+	atomic.StoreUint32(d.eventIdx, 0)
+	d.old, d.mmio = 0, mmio
+}
+
 // Ring publishes v in the shadow slot and writes the MMIO doorbell if the
 // controller's EventIdx lies in [old, v), the values it has not been told
 // about and asked to hear of.
