@@ -41,9 +41,12 @@ func controllerMayHold(err error) bool {
 
 // stillThere reports whether, after a Delete I/O SQ/CQ failed with err, the
 // queue may still exist: unless the controller said there is no such queue
-// (Invalid Queue Identifier: a reset dropped it, or it was never
-// re-created), it may.
-func stillThere(err error) bool { return !errors.Is(err, ErrInvalidQueueIdentifier) }
+// (a reset dropped it, or it was never re-created), it may. The
+// specification's answer is Invalid Queue Identifier; QEMU's nvme_del_cq
+// answers Completion Queue Invalid for a CQ it does not have.
+func stillThere(err error) bool {
+	return !errors.Is(err, ErrInvalidQueueIdentifier) && !errors.Is(err, ErrCompletionQueueInvalid)
+}
 
 // giveBackBounce returns the bounce buffer of a command the controller is
 // done with; while the pair is held (the controller may still use its

@@ -427,3 +427,26 @@ func TestFatalCloseHoldsRings(t *testing.T) {
 	}
 	c.Reset(context.Background())
 }
+
+// Deleting queues the controller no longer has is answered with Invalid
+// Queue Identifier by the specification, and with Completion Queue Invalid
+// for a CQ by QEMU (nvme_del_cq): neither means the queue may still be
+// there, so neither costs a reset.
+func TestDeleteOfMissingQueueNoReset(t *testing.T) {
+	c, m := openModel(t, nvmetest.Config{}, nil)
+	qp, err := c.NewQueuePair(16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Status: nvmetest.StatusInvalidQueueID | nvmetest.StatusDNR, Count: 1})
+	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteCQ), Status: nvmetest.StatusInvalidCQ | nvmetest.StatusDNR, Count: 1})
+	qp.Close()
+	if n := c.Counters().Resets; n != 0 {
+		t.Errorf("%d resets after Deletes answered \"no such queue\", want none", n)
+	}
+	// The controller model still has them (the faults answered for it):
+	// reset now so Close does not leave it holding freed rings.
+	if err := c.Reset(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

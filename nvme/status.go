@@ -68,6 +68,7 @@ var (
 	ErrReservationConflict    = errors.New("reservation conflict")
 	ErrFormatInProgress       = errors.New("format in progress")
 	ErrInvalidQueueIdentifier = errors.New("invalid queue identifier")
+	ErrCompletionQueueInvalid = errors.New("completion queue invalid")
 	ErrInvalidQueueSize       = errors.New("invalid queue size")
 	ErrInvalidLogPage         = errors.New("invalid log page")
 	ErrInvalidFormat          = errors.New("invalid format")
@@ -114,6 +115,7 @@ var statusSentinels = map[statusKey]statusSentinel{
 	{SCTGeneric, 0x83}: {ErrReservationConflict, forAny},
 	{SCTGeneric, 0x84}: {ErrFormatInProgress, forAny},
 
+	{SCTCommandSpecific, 0x00}: {ErrCompletionQueueInvalid, forAdmin},
 	{SCTCommandSpecific, 0x01}: {ErrInvalidQueueIdentifier, forAdmin},
 	{SCTCommandSpecific, 0x02}: {ErrInvalidQueueSize, forAdmin},
 	{SCTCommandSpecific, 0x09}: {ErrInvalidLogPage, forAdmin},

@@ -123,6 +123,7 @@ func TestStatusSentinels(t *testing.T) {
 		{0, 0x80, false, ErrLBAOutOfRange, true},
 		{0, 0x81, false, ErrCapacityExceeded, true},
 		{0, 0x82, false, ErrNamespaceNotReady, true},
+		{1, 0x00, true, ErrCompletionQueueInvalid, true},
 		{1, 0x01, true, ErrInvalidQueueIdentifier, true},
 		{1, 0x02, true, ErrInvalidQueueSize, true},
 		{1, 0x0a, true, ErrInvalidFormat, true},
