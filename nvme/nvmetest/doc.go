@@ -39,7 +39,10 @@
 // Health, with offsets), Asynchronous Event Request, Abort (of commands
 // held by a fault), Format NVM
 // (switch between the 512 B and 4 KiB LBA formats, erase), and Doorbell
-// Buffer Config when Config.ShadowDoorbells is set.
+// Buffer Config when Config.ShadowDoorbells is set. With shadow doorbells,
+// as on QEMU, an SQ's shadow tail is read only from its own MMIO doorbell
+// write until the model has drained it and published EventIdx: a host
+// that skips an MMIO write it owed sees its commands sit.
 //
 // NVM commands: Read, Write (FUA accepted), Flush, Write Zeroes, Dataset
 // Management (deallocated blocks read as zeros), Compare (a mismatch is

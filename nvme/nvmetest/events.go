@@ -43,7 +43,7 @@ func (c *Controller) readShadowLocked() bool {
 	}
 	changed := false
 	for qid := 1; qid < len(c.sqs); qid++ {
-		if sq := c.sqs[qid]; sq != nil {
+		if sq := c.sqs[qid]; sq != nil && sq.awake {
 			v := c.mem.load32(c.shadow + uint64(8*qid))
 			switch {
 			case v >= sq.size:
@@ -63,6 +63,16 @@ func (c *Controller) readShadowLocked() bool {
 		}
 	}
 	return changed
+}
+
+// sleepEmptyLocked stops reading the shadow tail of every SQ found empty
+// after EventIdx was published: until its next MMIO doorbell write.
+func (c *Controller) sleepEmptyLocked() {
+	for _, sq := range c.sqs {
+		if sq != nil && sq.head == sq.tail {
+			sq.awake = false
+		}
+	}
 }
 
 // writeEventIdxLocked tells the host what the model has consumed, so it

@@ -16,6 +16,12 @@ type subQueue struct {
 	base       uint64
 	cqid       uint16
 	head, tail uint32
+	// awake: with shadow doorbells, the SQ's shadow tail is read only
+	// from its MMIO doorbell write until the model finds it empty again
+	// (and publishes EventIdx), as QEMU's nvme_process_sq runs only when
+	// that SQ's doorbell scheduled it. A host that skips an MMIO write it
+	// owed sees its commands sit, as on QEMU.
+	awake bool
 }
 
 type compQueue struct {
@@ -100,7 +106,7 @@ func (c *Controller) ring(off int, v uint32) {
 			return
 		}
 		c.stats.SQDoorbellWrites++
-		sq.tail = v
+		sq.tail, sq.awake = v, true
 	} else {
 		cq := c.cqs[qid]
 		if cq == nil {
@@ -161,6 +167,7 @@ func (c *Controller) runLocked() {
 			}
 			c.writeEventIdxLocked()
 			if !c.readShadowLocked() {
+				c.sleepEmptyLocked()
 				return
 			}
 		}

@@ -1,6 +1,9 @@
 package nvmetest
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestShadowDoorbells(t *testing.T) {
 	h := newHost(t, Config{Inline: true, ShadowDoorbells: true})
@@ -47,4 +50,25 @@ func TestShadowDoorbells(t *testing.T) {
 	io = h.ioQueue(1, 8)
 	io.ok(Command{Opcode: OpFlush, NSID: 1})
 	h.checkNoFaults()
+}
+
+// An SQ whose new tail was published only in the shadow buffer, when its
+// EventIdx said an MMIO write was owed, is not processed because some other
+// doorbell was rung: as QEMU's nvme_process_sq, which reads an SQ's shadow
+// tail only when that SQ's doorbell scheduled it. A host that skips the
+// write sees its command sit, here as on QEMU.
+func TestShadowTailReadOnlyForItsQueue(t *testing.T) {
+	h := newHost(t, Config{Inline: true, ShadowDoorbells: true})
+	io := h.ioQueue(1, 8)
+	shadow, event := h.alloc(4096), h.alloc(4096)
+	h.admin.ok(Command{Opcode: OpDoorbellBuf, PRP1: shadow.IOVA, PRP2: event.IOVA})
+	ev := le.Uint32(event.Bytes[8:])
+	(&Command{Opcode: OpFlush, NSID: 1, CID: 77}).Encode(io.sq.Bytes[64*ev:])
+	le.PutUint32(shadow.Bytes[8:], ev+1) // past EventIdx: an MMIO write is owed, and skipped
+	h.identify(1, 0)                     // another queue's doorbell
+	io.none(2 * time.Millisecond)
+	h.c.Write32(regDB+8, ev+1) // the write that was owed
+	if c := io.wait(); c.CID != 77 {
+		t.Fatalf("completion for cid %d after the SQ's own doorbell, want 77", c.CID)
+	}
 }
