@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nvmepoll/nvmepoll/vfio/dma"
 )
 
 func TestCAPAndVersion(t *testing.T) {
@@ -283,5 +285,34 @@ func TestAsyncEventOnInvalidDoorbell(t *testing.T) {
 	h.admin.status(Command{Opcode: OpAsyncEvent}, StatusAERLimitExceeded)
 	if s := h.c.Stats(); s.InvalidDoorbellWrites != 2 {
 		t.Errorf("InvalidDoorbellWrites = %d, want 2", s.InvalidDoorbellWrites)
+	}
+}
+
+// A ring the controller cannot reach by DMA is fatal, as on QEMU
+// (nvme_process_sq, nvme_post_cqes): CSTS.CFS, not a zeroed command run or
+// a completion lost without a trace.
+func TestUnmappedRingIsFatal(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		unmap func(q *hostQueue) dma.Buffer
+	}{
+		{"SQ", func(q *hostQueue) dma.Buffer { return q.sq }},
+		{"CQ", func(q *hostQueue) dma.Buffer { return q.cq }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHost(t, Config{Inline: true})
+			io := h.ioQueue(1, 8)
+			(&Command{Opcode: OpFlush, NSID: 1, CID: 5}).Encode(io.sq.Bytes[0:])
+			if err := h.c.DMA().Free(tc.unmap(io)); err != nil {
+				t.Fatal(err)
+			}
+			h.c.Write32(regDB+8, 1)
+			if s := h.c.Read32(regCSTS); s&cstsCFS == 0 {
+				t.Errorf("CSTS %#x after a command on a queue whose %s is unmapped, want CFS", s, tc.name)
+			}
+			if h.c.DMAFaults() == 0 {
+				t.Error("the model counted no DMA fault")
+			}
+		})
 	}
 }

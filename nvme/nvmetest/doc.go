@@ -77,9 +77,11 @@
 // fake IOVAs from 0x1_0000_0000 up, never equal to host addresses, with an
 // unmapped guard page after each buffer. The model reaches memory only
 // through its translation table. An access to an unmapped IOVA behaves as
-// on QEMU behind an IOMMU: the command still succeeds, the data is dropped
-// (or reads as zeros), and DMAFaults counts it, so tests should check that
-// DMAFaults is 0.
+// on QEMU behind an IOMMU: a data transfer still succeeds, the data is
+// dropped (or reads as zeros), and DMAFaults counts it, so tests should
+// check that DMAFaults is 0; an SQ entry or CQ entry that cannot be read or
+// written makes the controller fatal (CSTS.CFS), as QEMU's nvme_process_sq
+// and nvme_post_cqes do.
 //
 // # Fault injection
 //

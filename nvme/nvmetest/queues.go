@@ -177,7 +177,12 @@ func (c *Controller) runLocked() {
 // fetchLocked reads the SQE at the head of sq and runs it.
 func (c *Controller) fetchLocked(sq *subQueue) {
 	var b [64]byte
-	c.mem.read(sq.base+uint64(sq.head)*64, b[:])
+	if !c.mem.read(sq.base+uint64(sq.head)*64, b[:]) {
+		// The SQ ring is not mapped: as QEMU's nvme_process_sq when
+		// nvme_addr_read fails, the controller fails (CSTS.CFS).
+		c.fatal = true
+		return
+	}
 	sq.head = (sq.head + 1) % sq.size
 	// The command lives in the Controller, not on the stack: fault
 	// matchers take its address, which would make it escape (an
@@ -289,7 +294,12 @@ func (c *Controller) drainLocked(cq *compQueue) bool {
 		le.PutUint32(b[0:], e.dw0)
 		le.PutUint32(b[4:], e.dw1)
 		le.PutUint32(b[8:], uint32(e.sqhd)|uint32(e.sqid)<<16)
-		c.mem.write(at, b[:])
+		if !c.mem.write(at, b[:]) {
+			// The CQ ring is not mapped: as QEMU's nvme_post_cqes when
+			// the DMA write fails, the controller fails (CSTS.CFS).
+			c.fatal = true
+			break
+		}
 		phase := cq.phase
 		if e.wrongPhase {
 			phase ^= 1
