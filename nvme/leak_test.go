@@ -40,6 +40,22 @@ func checkGoroutines(t *testing.T) {
 	})
 }
 
+// openUnmanaged brings up a Controller on a fresh model with short admin
+// and shutdown timeouts, for tests that close it themselves and then look
+// at what is still mapped (openModel closes it only at the end).
+func openUnmanaged(t *testing.T, cfg nvmetest.Config) (*Controller, *nvmetest.Controller, *nvmetest.Memory) {
+	t.Helper()
+	m, err := nvmetest.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, m, m.DMA().(*nvmetest.Memory)
+}
+
 // checkSlots fails if qp holds a slot or a request: after every request
 // has been delivered, every command slot must be free again and nothing
 // may still count as in flight.
@@ -76,15 +92,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			checkGoroutines(t)
 			for i := range 50 {
-				m, err := nvmetest.New(nvmetest.Config{ShadowDoorbells: i%2 == 0})
-				if err != nil {
-					t.Fatal(err)
-				}
-				mem := m.DMA().(*nvmetest.Memory)
-				c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
-				if err != nil {
-					t.Fatal(err)
-				}
+				c, m, mem := openUnmanaged(t, nvmetest.Config{ShadowDoorbells: i%2 == 0})
 				ns, err := c.Namespace(1)
 				if err != nil {
 					t.Fatal(err)
@@ -167,15 +175,7 @@ func TestUndeletedQueueResets(t *testing.T) {
 // (No new command reaches the controller meanwhile: it is failed until a
 // reset succeeds, and that drops the queues.)
 func TestUndeletedQueueHeldWhenResetFails(t *testing.T) {
-	m, err := nvmetest.New(nvmetest.Config{MaxQueuePairs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mem := m.DMA().(*nvmetest.Memory)
-	c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, m, mem := openUnmanaged(t, nvmetest.Config{MaxQueuePairs: 2})
 	qp, err := c.NewQueuePair(16)
 	if err != nil {
 		t.Fatal(err)

@@ -23,16 +23,7 @@ func TestCloseDuringResetNoSecondReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpSetFeatures), Delay: 300 * time.Millisecond, Count: 1})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := c.Reset(context.Background()); err != nil {
-			t.Errorf("Reset: %v", err)
-		}
-	}()
-	time.Sleep(100 * time.Millisecond) // the reset holds the admin queue in its Set Features
+	wg := startSlowReset(t, c, m) // holds the admin queue in its Set Features
 	qp.Close()
 	wg.Wait()
 	if n := c.Counters().Resets; n != 1 {
@@ -99,15 +90,7 @@ func TestHeldPairKeepsAbandonedBounceBuffer(t *testing.T) {
 func TestTeardownResetInsideLoop(t *testing.T) {
 	checkGoroutines(t)
 	for round := range 4 {
-		m, err := nvmetest.New(nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}, ShadowDoorbells: round%2 == 0})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mem := m.DMA().(*nvmetest.Memory)
-		c, err := Open(m, &Options{AdminTimeout: 200 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, m, mem := openUnmanaged(t, nvmetest.Config{Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}, ShadowDoorbells: round%2 == 0})
 		ns, _ := c.Namespace(1)
 		pool, err := c.NewPool(8, 4096)
 		if err != nil {
