@@ -100,10 +100,12 @@ func TestCompletionModes(t *testing.T) {
 				// The vector is masked while the reaper polls (its MSI-X
 				// Vector Control word, written through the mapped BAR):
 				// a command found by polling raises no interrupt, so they
-				// come only around blocking waits (one held while masked,
-				// sent on unmask, and the one that wakes the wait).
-				if irqs > 2*st.Blocks {
-					t.Errorf("adaptive mode: %d interrupts for %d blocking waits (%d commands): the vector is not masked while polling", irqs, st.Blocks, 2*n)
+				// come only while a wait has it armed (one held while
+				// masked, sent on unmask, and the one completion in
+				// flight), whether or not that wait then blocked: CI saw
+				// 11 interrupts over 2 blocks.
+				if irqs > 2*st.Arms {
+					t.Errorf("adaptive mode: %d interrupts for %d armed waits (%d blocking, %d commands): the vector is not masked while polling", irqs, st.Arms, st.Blocks, 2*n)
 				}
 			}
 		})

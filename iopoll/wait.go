@@ -115,9 +115,12 @@ type WaitStats struct {
 	Mode Mode
 	// Window is ModeAdaptive's current poll window (0: it blocks at once).
 	Window, WindowMax time.Duration
-	// Blocks counts blocking waits; Wakeups those ended by a
-	// notification, Timeouts those that ran their whole slice.
-	Blocks, Wakeups, Timeouts uint64
+	// Arms counts the waits that armed the interrupt for blocking
+	// (unmasked the vector, with a Masker, and cleared old notifications);
+	// a poll right after may still find the completion, so Arms >= Blocks.
+	// Blocks counts blocking waits; Wakeups those ended by a notification,
+	// Timeouts those that ran their whole slice.
+	Arms, Blocks, Wakeups, Timeouts uint64
 	// Grows and Shrinks count window changes.
 	Grows, Shrinks uint64
 }
@@ -164,7 +167,7 @@ func (r *Ring) WaitStats() WaitStats {
 	w := &r.w
 	return WaitStats{
 		Mode: w.mode, Window: time.Duration(w.window.Load()), WindowMax: w.max,
-		Blocks: w.blocks.Load(), Wakeups: w.wakeups.Load(), Timeouts: w.timeouts.Load(),
+		Arms: w.arms.Load(), Blocks: w.blocks.Load(), Wakeups: w.wakeups.Load(), Timeouts: w.timeouts.Load(),
 		Grows: w.grows.Load(), Shrinks: w.shrinks.Load(),
 	}
 }
@@ -197,9 +200,9 @@ type waiter struct {
 	mask     Masker
 	unmasked bool
 
-	window                    atomic.Int64 // ns
-	blocks, wakeups, timeouts atomic.Uint64
-	grows, shrinks            atomic.Uint64
+	window                          atomic.Int64 // ns
+	arms, blocks, wakeups, timeouts atomic.Uint64
+	grows, shrinks                  atomic.Uint64
 }
 
 // wait runs between two device polls of one Poll (or Close) call. spins
@@ -237,6 +240,7 @@ func (w *waiter) wait(ctx context.Context, spins int) error {
 			return err
 		}
 		w.armed = true
+		w.arms.Add(1)
 		return nil
 	}
 	w.armed = false

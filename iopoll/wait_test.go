@@ -206,6 +206,10 @@ func TestInterruptModeDoesNotSpin(t *testing.T) {
 	if reaps := d.reaps.Load(); reaps > 5 {
 		t.Errorf("%d device polls while waiting 20 ms in interrupt mode, want a few", reaps)
 	}
+	// One wait for 20 ms: armed once, then blocked (perhaps in two slices).
+	if st := r.WaitStats(); st.Arms < 1 || st.Blocks < st.Arms {
+		t.Errorf("wait stats %+v: want the wait armed and blocked", st)
+	}
 }
 
 func TestAdaptiveWindow(t *testing.T) {
