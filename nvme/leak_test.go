@@ -56,6 +56,26 @@ func openUnmanaged(t *testing.T, cfg nvmetest.Config) (*Controller, *nvmetest.Co
 	return c, m, m.DMA().(*nvmetest.Memory)
 }
 
+// recordReadPRP has the model note the PRP1 of every I/O Read it fetches
+// (a fault that matches nothing) and returns the last one seen.
+func recordReadPRP(m *nvmetest.Controller) func() uint64 {
+	var mu sync.Mutex
+	var prp uint64
+	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
+		if cmd.SQID != 0 && cmd.Opcode == nvmetest.OpRead {
+			mu.Lock()
+			prp = cmd.PRP1
+			mu.Unlock()
+		}
+		return false // only records
+	}})
+	return func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return prp
+	}
+}
+
 // checkSlots fails if qp holds a slot or a request: after every request
 // has been delivered, every command slot must be free again and nothing
 // may still count as in flight.
@@ -281,16 +301,7 @@ func TestAbandonedBounceBufferNotReusedWhileQueueLives(t *testing.T) {
 	if err := ns.WriteBlocks(ctx, 0, pattern); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var readPRP uint64
-	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
-		if cmd.SQID != 0 && cmd.Opcode == nvmetest.OpRead {
-			mu.Lock()
-			readPRP = cmd.PRP1
-			mu.Unlock()
-		}
-		return false
-	}})
+	readPRP := recordReadPRP(m)
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpAbort), Status: nvmetest.StatusInternalError})
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Hold: true, Count: 1})
@@ -311,9 +322,7 @@ func TestAbandonedBounceBufferNotReusedWhileQueueLives(t *testing.T) {
 		}
 		bufs = append(bufs, b)
 	}
-	mu.Lock()
-	prp := readPRP
-	mu.Unlock()
+	prp := readPRP()
 	if prp == 0 {
 		t.Fatal("the model saw no read")
 	}

@@ -43,16 +43,7 @@ func TestHeldPairKeepsAbandonedBounceBuffer(t *testing.T) {
 	if err := ns.WriteBlocks(ctx, 0, make([]byte, 512)); err != nil { // makes the synchronous pair
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var readPRP uint64
-	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
-		if cmd.SQID != 0 && cmd.Opcode == nvmetest.OpRead {
-			mu.Lock()
-			readPRP = cmd.PRP1
-			mu.Unlock()
-		}
-		return false // only records
-	}})
+	readPRP := recordReadPRP(m)
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpAbort), Status: nvmetest.StatusInternalError})
 	m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(true, nvmetest.OpDeleteSQ), Hold: true, Count: 1})
@@ -67,9 +58,7 @@ func TestHeldPairKeepsAbandonedBounceBuffer(t *testing.T) {
 	if k := c.Counters(); k.ResetFailures == 0 {
 		t.Fatalf("counters %+v: want the failed reset this test is about", k)
 	}
-	mu.Lock()
-	prp := readPRP
-	mu.Unlock()
+	prp := readPRP()
 	if prp == 0 {
 		t.Fatal("the read never reached the controller")
 	}
