@@ -22,9 +22,11 @@ type Counters struct {
 	// Resubmitted: commands re-posted after a reset; FailedByReset:
 	// commands a reset ended with an error instead (see recovery.go).
 	Resubmitted, FailedByReset uint64
-	// FatalStatus: CSTS.CFS seen while polling. NotReady: CSTS.RDY found
-	// clear while the controller should be running (a function reset
-	// behind nvmepoll's back). DeviceGone: registers read all ones.
+	// FatalStatus: resets started because CSTS.CFS was set. NotReady:
+	// resets started because CSTS.RDY was found clear while the controller
+	// should be running (a function reset behind nvmepoll's back). One
+	// fault counts once however many pairs see it. DeviceGone: registers
+	// read all ones.
 	FatalStatus, NotReady, DeviceGone uint64
 	// BadCQEs counts completion entries rejected by validation on any
 	// queue (admin included), indexed by queue.CQEErrorKind: unknown cid,

@@ -95,7 +95,9 @@ func (q *QueuePair) dropQueues(why string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), q.c.opts.AdminTimeout)
 	defer cancel()
-	if err := q.c.reset(ctx, why, false); err != nil {
+	// A reset after q.gen (another pair's, waited for here) dropped the
+	// queues too.
+	if _, err := q.c.resetSince(ctx, q.gen, why, nil); err != nil {
 		return held(err)
 	}
 	q.mayBeLive = false

@@ -665,6 +665,7 @@ func (q *QueuePair) exec(parent context.Context, r *Request) error {
 
 func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) error {
 	what := fmt.Sprintf("nvme: %v nsid %d lba %d+%d on queue %d", r.Opcode, r.Namespace.id, r.LBA, r.Blocks, q.id)
+	gen := q.c.rec.gen.Load() // before CSTS: a reset after it found what we did
 	serr := q.c.Status()
 	if posted {
 		r.abandoned = true
@@ -695,8 +696,7 @@ func (q *QueuePair) giveUp(r *Request, err error, x *execContext, posted bool) e
 	if errors.Is(serr, ErrControllerFatal) {
 		// Reset now, so the next call finds a working controller; r
 		// (abandoned) is failed by the recovery, the rest resubmitted.
-		q.c.rec.counts.fatalStatus.Add(1)
-		q.c.autoReset(q.c.rec.gen.Load(), fmt.Sprintf("CSTS.CFS seen by a timed-out call on queue %d", q.id))
+		q.c.autoReset(gen, fmt.Sprintf("CSTS.CFS seen by a timed-out call on queue %d", q.id), &q.c.rec.counts.fatalStatus)
 		q.ring.Poll(0, iopoll.Batch)
 	}
 	if serr != nil {

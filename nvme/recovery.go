@@ -92,26 +92,47 @@ func (c *Controller) Reset(ctx context.Context) error {
 	return c.reset(ctx, "requested", true)
 }
 
-// autoReset is a reset nvmepoll decides on by itself. It does nothing if
-// the controller is already failed or closed (a reset cannot help), or if
-// another reset finished since gen was read (the cause is gone already).
-func (c *Controller) autoReset(gen uint64, why string) {
+// autoReset is a reset nvmepoll decides on by itself, because of what it
+// saw in generation gen (see resetSince); cause, if not nil, counts the
+// reason once per reset it starts. It does nothing if the controller is
+// already failed or closed: a reset cannot help.
+func (c *Controller) autoReset(gen uint64, why string, cause *atomic.Uint64) {
 	if c.failedErr() != nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
+	c.resetSince(ctx, gen, why, cause)
+	cancel()
+}
+
+// resetSince resets the controller unless another reset came after
+// generation gen: then the cause is gone already. The check is made under
+// recovery.mu, so two pairs that see the same fault reset once, and the
+// reason is counted once. It reports whether it reset; a controller that
+// has failed is not reset, and its failure is the error.
+func (c *Controller) resetSince(ctx context.Context, gen uint64, why string, cause *atomic.Uint64) (bool, error) {
 	c.rec.mu.Lock()
-	again := c.rec.gen.Load() == gen
-	c.rec.mu.Unlock()
-	if again {
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.AdminTimeout)
-		c.reset(ctx, why, false)
-		cancel()
+	defer c.rec.mu.Unlock()
+	if err := c.failedErr(); err != nil {
+		return false, fmt.Errorf("nvme: reset (%s): %w", why, err)
 	}
+	if c.rec.gen.Load() != gen {
+		return false, nil
+	}
+	if cause != nil {
+		cause.Add(1)
+	}
+	return true, c.resetLocked(ctx, why, false)
 }
 
 func (c *Controller) reset(ctx context.Context, why string, explicit bool) error {
 	c.rec.mu.Lock()
 	defer c.rec.mu.Unlock()
+	return c.resetLocked(ctx, why, explicit)
+}
+
+// resetLocked is a reset; recovery.mu is held.
+func (c *Controller) resetLocked(ctx context.Context, why string, explicit bool) error {
 	if err := c.failedErr(); err != nil && (!explicit || errors.Is(err, ErrDeviceGone)) {
 		return fmt.Errorf("nvme: reset (%s): %w", why, err)
 	}
@@ -383,11 +404,9 @@ func (q *QueuePair) checkHealth() bool {
 		c.rec.counts.deviceGone.Add(1)
 		c.fail(fmt.Errorf("nvme: CSTS reads %#x while polling queue %d: %w", uint32(csts), q.id, ErrDeviceGone))
 	case csts.CFS():
-		c.rec.counts.fatalStatus.Add(1)
-		c.autoReset(gen, fmt.Sprintf("CSTS.CFS set, seen polling queue %d", q.id))
+		c.autoReset(gen, fmt.Sprintf("CSTS.CFS set, seen polling queue %d", q.id), &c.rec.counts.fatalStatus)
 	case !csts.RDY():
-		c.rec.counts.notReady.Add(1)
-		c.autoReset(gen, fmt.Sprintf("CSTS.RDY clear while running, seen polling queue %d", q.id))
+		c.autoReset(gen, fmt.Sprintf("CSTS.RDY clear while running, seen polling queue %d", q.id), &c.rec.counts.notReady)
 	}
 	return c.rec.gen.Load() != q.gen
 }

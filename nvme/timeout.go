@@ -120,7 +120,7 @@ func (q *QueuePair) clockAndScan() bool {
 			// The abort did not end it: reset. The others are resubmitted.
 			r.timedOut = true
 			c.autoReset(gen, fmt.Sprintf("%v lba %d on queue %d outstanding %v, Abort did not end it within %v",
-				r.Opcode, r.LBA, q.id, time.Duration(now-r.stamp).Round(time.Millisecond), c.opts.AbortTimeout))
+				r.Opcode, r.LBA, q.id, time.Duration(now-r.stamp).Round(time.Millisecond), c.opts.AbortTimeout), nil)
 			return c.rec.gen.Load() != q.gen
 		case r.abortAt == 0 && now-r.stamp > timeout:
 			c.rec.counts.timeouts.Add(1)
@@ -163,7 +163,7 @@ func (q *QueuePair) resolveOrReset(r *Request) {
 	}
 	r.timedOut = true
 	c.autoReset(gen, fmt.Sprintf("synchronous %v lba %d on queue %d timed out, Abort did not end it within %v",
-		r.Opcode, r.LBA, q.id, c.opts.AbortTimeout))
+		r.Opcode, r.LBA, q.id, c.opts.AbortTimeout), nil)
 	q.ring.Poll(0, iopoll.Batch) // recover the pair: r is delivered (failed)
 }
 
