@@ -176,7 +176,7 @@ func (c *Controller) setFeatureLocked(cmd *Command) result {
 		if nsq == 0x10000 || ncq == 0x10000 {
 			return bad(StatusInvalidField)
 		}
-		if c.ioQueuesLocked() {
+		if c.cqsMade {
 			return bad(StatusCommandSequenceError)
 		}
 		c.nsqa, c.ncqa = min(nsq, c.cfg.MaxQueuePairs), min(ncq, c.cfg.MaxQueuePairs)
@@ -239,15 +239,6 @@ func (c *Controller) getFeatureLocked(cmd *Command) result {
 	return bad(StatusInvalidField)
 }
 
-func (c *Controller) ioQueuesLocked() bool {
-	for _, q := range c.cqs[1:] {
-		if q != nil {
-			return true
-		}
-	}
-	return false
-}
-
 // queueArgsLocked checks what Create I/O CQ and SQ share: CDW10 QID and
 // QSIZE, CDW11 PC, PRP1 page aligned.
 func (c *Controller) queueArgsLocked(cmd *Command, granted int) (qid uint16, size uint32, st Status) {
@@ -279,6 +270,7 @@ func (c *Controller) createCQLocked(cmd *Command) result {
 		return bad(StatusInvalidInterruptVector)
 	}
 	c.cqs[qid] = &compQueue{id: qid, size: size, base: cmd.PRP1, ien: cmd.CDW11&2 != 0, iv: iv, phase: 1}
+	c.cqsMade = true
 	return result{}
 }
 

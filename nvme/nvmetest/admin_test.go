@@ -113,6 +113,11 @@ func TestFeatures(t *testing.T) {
 	h.admin.status(Command{Opcode: OpCreateCQ, PRP1: q.IOVA, CDW10: 3<<16 | 2, CDW11: 1}, StatusInvalidQueueID)
 	h.ioQueue(1, 4)
 	h.admin.status(Command{Opcode: OpSetFeatures, CDW10: fidNumQueues, CDW11: 0}, StatusCommandSequenceError)
+	// As QEMU (qs_created): once a CQ was made, the count is fixed until a
+	// reset, even with every I/O queue deleted again.
+	h.admin.ok(Command{Opcode: OpDeleteSQ, CDW10: 1})
+	h.admin.ok(Command{Opcode: OpDeleteCQ, CDW10: 1})
+	h.admin.status(Command{Opcode: OpSetFeatures, CDW10: fidNumQueues, CDW11: 0}, StatusCommandSequenceError)
 
 	if c := h.admin.ok(Command{Opcode: OpGetFeatures, CDW10: fidWriteCache}); c.DW0 != 1 {
 		t.Errorf("volatile write cache = %d, want 1 (enabled by default)", c.DW0)

@@ -152,6 +152,7 @@ type Controller struct {
 
 	nsqa, ncqa int // granted I/O queues (Number of Queues), 1-based
 	queuesSet  bool
+	cqsMade    bool // an I/O CQ was created since the reset (QEMU's qs_created)
 	features   map[uint8]uint32
 	shadow     uint64       // Doorbell Buffer Config: shadow doorbell buffer IOVA
 	eventIdx   uint64       // and EventIdx buffer IOVA; 0 when not configured
@@ -494,6 +495,7 @@ func (c *Controller) resetLocked() {
 	c.aers, c.events = nil, nil
 	c.nsqa, c.ncqa = c.cfg.MaxQueuePairs, c.cfg.MaxQueuePairs
 	c.queuesSet = false
+	c.cqsMade = false
 	c.shadow, c.eventIdx = 0, 0
 	c.features = map[uint8]uint32{
 		fidArbitration:    0,
