@@ -46,6 +46,10 @@ func (c *Controller) executeLocked(cmd *Command, f *Fault) result {
 	case OpGetLogPage:
 		return c.getLogLocked(cmd)
 	case OpAbort:
+		if sqid := int(uint16(cmd.CDW10)); sqid >= len(c.sqs) || c.sqs[sqid] == nil {
+			// As QEMU's nvme_abort (nvme_check_sqid): no such SQ.
+			return result{dw0: 1, status: StatusInvalidField}
+		}
 		if c.abortPendingLocked(uint16(cmd.CDW10), uint16(cmd.CDW10>>16)) {
 			return result{dw0: 0} // bit 0 clear: the command was aborted
 		}

@@ -92,6 +92,8 @@ func TestFaultHoldAndAbort(t *testing.T) {
 	if c := h.admin.ok(Command{Opcode: OpAbort, CDW10: 999<<16 | 1}); c.DW0&1 != 1 {
 		t.Errorf("Abort of an unknown command: DW0 = %#x, want bit 0 set", c.DW0)
 	}
+	// On a queue that does not exist it fails, as on QEMU.
+	h.admin.status(Command{Opcode: OpAbort, CDW10: uint32(cid)<<16 | 2}, StatusInvalidField)
 	// ReleaseHeld runs held commands.
 	cid = io.submit(rw(OpWrite, 1, 0, 8, buf.IOVA, 0))
 	time.Sleep(2 * time.Millisecond)
