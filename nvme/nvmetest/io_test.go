@@ -98,6 +98,12 @@ func TestPRPValidation(t *testing.T) {
 	list := h.alloc(4096)
 	le.PutUint64(list.Bytes[0:], buf.IOVA+4096)
 	le.PutUint64(list.Bytes[8:], buf.IOVA+8192+8) // not page aligned
+	// A list that starts in its page's last entry, which chains to the
+	// next list page: that pointer must be page aligned (QEMU's
+	// nvme_map_prp), unlike PRP2.
+	le.PutUint64(list.Bytes[4088:], list.IOVA+2056)
+	le.PutUint64(list.Bytes[2056:], buf.IOVA+4096)
+	le.PutUint64(list.Bytes[2064:], buf.IOVA+8192)
 	for _, tc := range []struct {
 		name       string
 		prp1, prp2 uint64
@@ -111,6 +117,7 @@ func TestPRPValidation(t *testing.T) {
 		{"list entry with offset", buf.IOVA, list.IOVA, 24, StatusPRPOffsetInvalid},
 		{"list pointer not qword aligned", buf.IOVA, list.IOVA + 4, 24, StatusPRPOffsetInvalid},
 		{"list runs into zero entries", buf.IOVA, list.IOVA + 16, 24, StatusInvalidField},
+		{"chained list pointer with offset", buf.IOVA, list.IOVA + 4088, 24, StatusPRPOffsetInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := io.status(rw(OpWrite, 1, 0, tc.blocks, tc.prp1, tc.prp2), tc.want)

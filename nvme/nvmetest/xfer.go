@@ -38,7 +38,7 @@ func (c *Controller) segmentsLocked(cmd *Command, n int, toHost bool) ([]segment
 //   - Otherwise PRP2 points at a PRP list (qword aligned, maybe with an
 //     offset); each entry is a page-aligned data page, and when more
 //     entries are needed than fit in the list page, its last entry points
-//     to the next list page.
+//     to the next list page (page aligned).
 func (c *Controller) prpSegments(prp1, prp2 uint64, n int) ([]segment, Status) {
 	ps := uint64(c.pageSize())
 	if prp1&3 != 0 {
@@ -98,7 +98,12 @@ func (c *Controller) prpSegments(prp1, prp2 uint64, n int) ([]segment, Status) {
 			rem -= m
 		}
 		if chain {
+			// Only PRP2 may point into a list page; the chained
+			// pointer is a page, as QEMU's nvme_map_prp checks.
 			list = le.Uint64(entries[8*(k-1):])
+			if list%ps != 0 {
+				return nil, StatusPRPOffsetInvalid
+			}
 		}
 	}
 	return segs, 0
