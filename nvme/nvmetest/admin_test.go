@@ -253,7 +253,7 @@ func TestLogPages(t *testing.T) {
 		}
 	}
 	// An offset read gets the tail of the log.
-	if c := get(lidHealth, 0, 16, 32); c.Status != 0 || le.Uint64(b) != 2 {
+	if c := get(lidHealth, 0xffffffff, 16, 32); c.Status != 0 || le.Uint64(b) != 2 {
 		t.Errorf("SMART log at offset 32: status %v, first counter %d; want data units read 2", c.Status, le.Uint64(b))
 	}
 	if c := get(lidError, 0, 128, 0); c.Status != 0 {
@@ -265,14 +265,19 @@ func TestLogPages(t *testing.T) {
 	if le.Uint64(b[64:]) != 0 {
 		t.Errorf("error log entry 1 has count %d, want an empty entry", le.Uint64(b[64:]))
 	}
-	get(lidHealth, 1, 512, 0)
 	if c := get(lidHealth, 1, 512, 0); c.Status.Code() != StatusInvalidField {
 		t.Errorf("per-namespace SMART log: %v, want Invalid Field", c.Status)
+	}
+	// QEMU refuses NSID 0 for the SMART log; a driver must send 0xffffffff.
+	for _, nsid := range []uint32{0, 2} {
+		if c := get(lidHealth, nsid, 512, 0); c.Status.Code() != StatusInvalidNamespace {
+			t.Errorf("SMART log for NSID %d: %v, want Invalid Namespace", nsid, c.Status)
+		}
 	}
 	if c := get(0x70, 0, 512, 0); c.Status.Code() != StatusInvalidLogPage {
 		t.Errorf("log page 0x70: %v, want Invalid Log Page", c.Status)
 	}
-	if c := get(lidHealth, 0, 512, 512); c.Status.Code() != StatusInvalidField {
+	if c := get(lidHealth, 0xffffffff, 512, 512); c.Status.Code() != StatusInvalidField {
 		t.Errorf("SMART log at offset 512: %v, want Invalid Field", c.Status)
 	}
 }

@@ -26,7 +26,7 @@ func TestFaultStatusAtLBA(t *testing.T) {
 	io.ok(rw(OpRead, 1, 96, 8, buf.IOVA, 0))
 	// The failed read counts as a media error in the SMART log.
 	page := h.alloc(4096)
-	h.admin.ok(Command{Opcode: OpGetLogPage, PRP1: page.IOVA, CDW10: 127<<16 | lidHealth})
+	h.admin.ok(Command{Opcode: OpGetLogPage, NSID: 0xffffffff, PRP1: page.IOVA, CDW10: 127<<16 | lidHealth})
 	if n := le.Uint64(page.Bytes[160:]); n != 1 {
 		t.Errorf("SMART media errors = %d, want 1", n)
 	}

@@ -87,8 +87,16 @@ func (c *Controller) getLogLocked(cmd *Command) result {
 			le.PutUint32(b[24:], e.nsid)
 		}
 	case lidHealth:
-		if cmd.NSID != 0 && cmd.NSID != 0xffffffff {
-			return bad(StatusInvalidField) // LPA bit 0 clear: no per-namespace log
+		// QEMU takes 0xffffffff for the whole controller and answers
+		// NSID 0 with Invalid Namespace, though the spec allows 0 when
+		// LPA bit 0 is clear; refusing it catches a driver that would
+		// fail there. Unlike QEMU the model keeps no per-namespace log.
+		switch {
+		case cmd.NSID == 0xffffffff:
+		case c.namespaceLocked(cmd.NSID) == nil: // 0 included
+			return bad(StatusInvalidNamespace)
+		default:
+			return bad(StatusInvalidField) // LPA bit 0 clear
 		}
 		h := c.health
 		if h.temperature == 0 {
