@@ -96,6 +96,11 @@ type Config struct {
 	// NeverReady keeps CSTS.RDY at 0 after enable, to test a bring-up
 	// bounded by CAP.TO.
 	NeverReady bool
+	// NeverDisables ignores CC.EN going 1 to 0, as a hung controller:
+	// CSTS.RDY stays set and every queue stays, to test a reset bounded by
+	// CAP.TO and the memory the host must not free while the controller
+	// may still use it.
+	NeverDisables bool
 	// FailEnable makes every enable fail with CSTS.CFS set.
 	FailEnable bool
 	// ShutdownDelay is how long CSTS.SHST stays "processing" after a
@@ -406,7 +411,7 @@ func (c *Controller) writeCCLocked(v uint32) {
 	switch {
 	case old&ccEN == 0 && v&ccEN != 0:
 		c.enableLocked()
-	case old&ccEN != 0 && v&ccEN == 0:
+	case old&ccEN != 0 && v&ccEN == 0 && !c.cfg.NeverDisables:
 		c.resetLocked()
 	}
 	if shn := v >> 14 & 3; shn != 0 && old>>14&3 == 0 && c.cc&ccEN != 0 {

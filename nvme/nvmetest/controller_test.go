@@ -141,6 +141,21 @@ func TestReadyDelayAndNeverReady(t *testing.T) {
 	}
 }
 
+// A controller that never disables keeps RDY and its queues when CC.EN is
+// cleared: the I/O queue made before still takes commands.
+func TestNeverDisables(t *testing.T) {
+	h := newHost(t, Config{Inline: true, NeverDisables: true})
+	io := h.ioQueue(1, 8)
+	h.c.Write32(regCC, h.c.Read32(regCC)&^ccEN)
+	if s := h.c.Read32(regCSTS); s&cstsRDY == 0 {
+		t.Errorf("CSTS = %#x after CC.EN cleared with NeverDisables, want RDY still set", s)
+	}
+	if _, ok := h.c.SubmissionQueue(1); !ok {
+		t.Fatal("I/O SQ 1 is gone after CC.EN cleared with NeverDisables")
+	}
+	io.ok(Command{Opcode: OpFlush, NSID: 1})
+}
+
 func TestShutdown(t *testing.T) {
 	h := newHost(t, Config{ShutdownDelay: 20 * time.Millisecond})
 	h.c.Write32(regCC, h.c.Read32(regCC)|1<<14) // SHN normal

@@ -94,8 +94,9 @@
 // it is sent (out-of-spec controller or namespace fields). FailLBA is a
 // shortcut for media errors at chosen LBAs. Controller-wide: SetFatal
 // (CSTS.CFS), SetGone (registers read all ones, as after surprise
-// removal), Config.NeverReady and Config.FailEnable. Stats counts commands
-// by opcode, doorbell writes, posted completions and errors.
+// removal), Config.NeverReady, Config.NeverDisables and Config.FailEnable.
+// Stats counts commands by opcode, doorbell writes, posted completions and
+// errors.
 //
 // # Defaults
 //
