@@ -81,9 +81,10 @@ func (q *QueuePair) dropQueues(why string) error {
 	if !q.mayBeLive {
 		return nil
 	}
-	if q.c.rec.gen.Load() != q.gen {
-		// A reset (or a failure) since the queues were made: that reset
-		// dropped them.
+	if q.c.rec.disables.Load() != q.disables {
+		// The controller was disabled since the queues were made: that
+		// dropped them. (gen would also move on a failed reset or a
+		// device found gone, neither of which drops anything.)
 		q.mayBeLive = false
 		return nil
 	}

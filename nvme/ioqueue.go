@@ -46,6 +46,7 @@ type QueuePair struct {
 
 	// Recovery and timeouts (recovery.go, timeout.go); owner goroutine only.
 	gen        uint64     // controller generation the queues were created in
+	disables   uint64     // rec.disables then: once it moves, the queues are gone
 	broken     error      // re-creating the queues after a reset failed
 	recovering []*Request // scratch for recover
 	tick       int64      // coarse clock (Controller.now), stamped on requests
@@ -152,7 +153,7 @@ func (c *Controller) NewQueuePairWith(o QueueOptions) (*QueuePair, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1), gen: c.rec.gen.Load()}
+	q := &QueuePair{c: c, id: qid, inflight: make([]*Request, depth-1), gen: c.rec.gen.Load(), disables: c.rec.disables.Load()}
 	if err := q.setup(depth, o); err != nil {
 		q.release()
 		return nil, err
@@ -249,7 +250,7 @@ func (q *QueuePair) setup(depth int, o QueueOptions) error {
 		// q.gen must be the generation the queues live in. Resets bump it
 		// under the admin lock, so if it is the same after both Creates as
 		// before, no reset came between.
-		q.gen = c.rec.gen.Load()
+		q.gen, q.disables = c.rec.gen.Load(), c.rec.disables.Load()
 		if err := q.createCQ(ctx); err != nil {
 			q.mayBeLive = controllerMayHold(err)
 			err = errors.Join(err, q.dropQueues(fmt.Sprintf("Create I/O CQ %d unanswered", q.id)))
@@ -750,9 +751,10 @@ func (q *QueuePair) doClose(ctx context.Context, deleteQueues bool) error {
 	q.ring.Close(done) // stop Submit; the rest is reaped below
 	// After a controller reset the pair's queues exist only if it
 	// recovered since (the reset dropped them).
-	if deleteQueues && !alive && q.gen == c.rec.gen.Load() && errors.Is(c.Status(), ErrControllerFatal) {
+	if deleteQueues && !alive && q.disables == c.rec.disables.Load() && errors.Is(c.Status(), ErrControllerFatal) {
 		// Fatal, the controller will not delete the queues, nor was it
-		// reset since they were made: it may still use them.
+		// disabled since they were made (a reset that failed before RDY
+		// cleared moved gen, not disables): it may still use them.
 		q.mayBeLive = true
 		if err := q.dropQueues(fmt.Sprintf("queue pair %d closed on a fatal controller", q.id)); err != nil {
 			errs = append(errs, err)

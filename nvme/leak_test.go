@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -368,4 +369,35 @@ func TestUnsentCreateIsNotHeld(t *testing.T) {
 		t.Fatalf("NewQueuePair once the admin slot is back: %v", err)
 	}
 	qp.Close()
+}
+
+// A Create I/O CQ that times out while another goroutine finds the
+// controller failed (here: the failure lands as the controller fetches the
+// Create) leaves the CQ possibly made: the failure moved the generation but
+// disabled nothing, so the pair's memory stays held, not freed for the
+// controller to write into.
+func TestCreateTimeoutDuringFailureIsHeld(t *testing.T) {
+	c, m, mem := openUnmanaged(t, nvmetest.Config{})
+	m.Inject(&nvmetest.Fault{Match: func(cmd *nvmetest.Command) bool {
+		if cmd.SQID != 0 || cmd.Opcode != nvmetest.OpCreateCQ {
+			return false
+		}
+		c.fail(fmt.Errorf("test: another pair found the controller failed: %w", ErrControllerFatal))
+		return true
+	}, Drop: true, Count: 1})
+	before := mem.Mapped()
+	_, err := c.NewQueuePair(16)
+	if err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset or closed") {
+		t.Errorf("NewQueuePair whose Create CQ timed out on a failed controller: %v, want that its memory stays held", err)
+	}
+	if _, ok := m.CompletionQueue(1); !ok {
+		t.Fatal("the model has no CQ 1: the dropped Create did not run")
+	}
+	if n := mem.Mapped(); n <= before {
+		t.Errorf("%d DMA buffers mapped after the failed NewQueuePair, %d before: the rings of a CQ the controller made were freed", n, before)
+	}
+	c.Close()
+	if n := mem.Mapped(); n != 0 {
+		t.Errorf("%d DMA buffers still mapped after Close", n)
+	}
 }

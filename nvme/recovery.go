@@ -61,9 +61,14 @@ type recovery struct {
 	mu sync.Mutex // one reset at a time; taken before adminMu
 	// gen goes up after every reset and when the controller fails; a
 	// QueuePair compares it with the generation its queues were made in.
-	gen    atomic.Uint64
-	failed atomic.Pointer[error] // set when the controller cannot be used
-	counts counters
+	gen atomic.Uint64
+	// disables goes up each time a reset saw CSTS.RDY clear: a disabled
+	// controller holds no I/O queue. Unlike gen it does not move when a
+	// reset fails before that (the controller may still use every queue)
+	// or when the controller is found gone.
+	disables atomic.Uint64
+	failed   atomic.Pointer[error] // set when the controller cannot be used
+	counts   counters
 }
 
 // failedErr is the reason the controller cannot be used, or nil.
@@ -172,6 +177,7 @@ func (c *Controller) restart(ctx context.Context) error {
 	if err := c.waitReady(false); err != nil {
 		return err
 	}
+	c.rec.disables.Add(1)
 	// Disabled, the controller holds no I/O queue: what Close could not
 	// delete is free now.
 	if err := c.freeHeld(); err != nil {
@@ -271,6 +277,10 @@ func (q *QueuePair) recover() int {
 			q.pair.Reset() // nothing will be posted again: give the slots back
 			return n
 		}
+		// disables is taken only now, as queues are about to be made: a
+		// failed controller gets none, and for it the old value still
+		// says whether the old queues were dropped.
+		q.disables = c.rec.disables.Load()
 		err := q.recreate()
 		if err == nil && c.rec.gen.Load() != gen && attempt < MaxResubmits {
 			// Another reset came while the queues were being made: they

@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -421,4 +422,44 @@ func TestDeleteOfMissingQueueNoReset(t *testing.T) {
 	if err := c.Reset(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A reset that times out waiting for CSTS.RDY to clear leaves the
+// controller failed but not disabled: it may still use every queue. A pair
+// closed then holds its rings, as on a fatal controller never reset, though
+// the failed reset moved the generation the pair compares.
+func TestFailedResetBeforeDisableHoldsRings(t *testing.T) {
+	c, m, mem := openUnmanaged(t, nvmetest.Config{NeverDisables: true, Namespaces: []nvmetest.NamespaceConfig{{Blocks: 8192}}})
+	ns, _ := c.Namespace(1)
+	pool, _ := c.NewPool(1, 4096)
+	b, _ := pool.Get()
+	qp, err := c.NewQueuePair(16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hf := m.Inject(&nvmetest.Fault{Match: nvmetest.MatchOpcode(false, nvmetest.OpRead), Hold: true, Count: 1})
+	if err := qp.Submit(&Request{Opcode: NVMRead, Namespace: ns, Blocks: 1, Buf: b}); err != nil {
+		t.Fatal(err)
+	}
+	for hf.Hits() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	m.SetFatal()
+	if err := c.Reset(context.Background()); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Reset of a controller that never clears RDY: %v, want a CAP.TO timeout", err)
+	}
+	before := mem.Mapped()
+	if err := qp.Close(); err == nil || !strings.Contains(err.Error(), "stay taken until the controller is reset or closed") {
+		t.Errorf("Close after a reset that never disabled the controller: %v, want that the pair stays held", err)
+	}
+	if n := mem.Mapped(); n != before {
+		t.Errorf("%d DMA buffers mapped after Close, %d before: the rings were freed", n, before)
+	}
+	if n := m.ReleaseHeld(); n != 1 { // the controller posts the held read's completion
+		t.Fatalf("the model released %d held reads, want 1", n)
+	}
+	if n := m.DMAFaults(); n != 0 {
+		t.Errorf("%d DMA accesses to unmapped IOVAs: the pair's rings were freed while the controller still held its queues", n)
+	}
+	c.Close()
 }
