@@ -169,6 +169,7 @@ type Controller struct {
 	pending []*pendingCmd
 	aers    []pendingCmd // outstanding Asynchronous Event Requests
 	events  []uint32     // async events waiting for a request (DW0)
+	masked  uint8        // event types posted whose log page is unread
 	errLog  []errorEntry // newest last
 	errSeq  uint64
 	health  health
@@ -497,7 +498,7 @@ func (c *Controller) resetLocked() {
 	c.sqs = make([]*subQueue, c.cfg.MaxQueuePairs+1)
 	c.cqs = make([]*compQueue, c.cfg.MaxQueuePairs+1)
 	c.pending = nil
-	c.aers, c.events = nil, nil
+	c.aers, c.events, c.masked = nil, nil, 0
 	c.nsqa, c.ncqa = c.cfg.MaxQueuePairs, c.cfg.MaxQueuePairs
 	c.queuesSet = false
 	c.cqsMade = false

@@ -280,6 +280,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
+// Asynchronous events as QEMU raises them: only with a request
+// outstanding, one per type until the host reads the type's log page.
 func TestAsyncEventOnInvalidDoorbell(t *testing.T) {
 	h := newHost(t, Config{Inline: true})
 	aer := h.admin.submit(Command{Opcode: OpAsyncEvent})
@@ -289,17 +291,36 @@ func TestAsyncEventOnInvalidDoorbell(t *testing.T) {
 	if c.CID != aer || c.Status != 0 || c.DW0 != 0x01<<16|0x00<<8|0 {
 		t.Errorf("AER completion cid %d status %v DW0 %#x, want cid %d, success, DW0 0x10000 (error event, invalid doorbell, log 1)", c.CID, c.Status, c.DW0, aer)
 	}
-	// An event with no request outstanding waits for the next request.
+	// With no request outstanding the bad write raises nothing.
+	h.c.Write32(regDB+8*3, 1)
+	aer = h.admin.submit(Command{Opcode: OpAsyncEvent})
+	h.admin.none(2 * time.Millisecond)
+	// Error events stay masked until the Error log is read without
+	// Retain Asynchronous Event (CDW10 bit 15).
 	h.c.Write32(regDB, 99) // admin SQ tail out of range
-	if c := h.admin.do(Command{Opcode: OpAsyncEvent}); c.DW0 != 0x01<<16|0x01<<8 {
-		t.Errorf("queued event DW0 %#x, want 0x10100 (invalid doorbell value)", c.DW0)
+	h.admin.none(2 * time.Millisecond)
+	page := h.alloc(4096)
+	getErrorLog := func(rae uint32) Completion {
+		return h.admin.do(Command{Opcode: OpGetLogPage, PRP1: page.IOVA, CDW10: rae<<15 | 15<<16 | lidError})
+	}
+	if c := getErrorLog(1); c.Status != 0 {
+		t.Fatalf("error log with RAE: %v", c.Status)
+	}
+	h.admin.none(2 * time.Millisecond)
+	h.admin.submit(Command{Opcode: OpGetLogPage, PRP1: page.IOVA, CDW10: 15<<16 | lidError})
+	c = h.admin.wait() // the AER, posted as the log read unmasks it
+	if c.CID != aer || c.DW0 != 0x01<<16|0x01<<8 {
+		t.Errorf("after the error log read: cid %d DW0 %#x, want the AER (cid %d) with DW0 0x10100 (invalid doorbell value)", c.CID, c.DW0, aer)
+	}
+	if c := h.admin.wait(); c.Status != 0 {
+		t.Errorf("error log without RAE: %v", c.Status)
 	}
 	for range 4 {
 		h.admin.submit(Command{Opcode: OpAsyncEvent})
 	}
 	h.admin.status(Command{Opcode: OpAsyncEvent}, StatusAERLimitExceeded)
-	if s := h.c.Stats(); s.InvalidDoorbellWrites != 2 {
-		t.Errorf("InvalidDoorbellWrites = %d, want 2", s.InvalidDoorbellWrites)
+	if s := h.c.Stats(); s.InvalidDoorbellWrites != 3 {
+		t.Errorf("InvalidDoorbellWrites = %d, want 3", s.InvalidDoorbellWrites)
 	}
 }
 

@@ -67,9 +67,11 @@
 //
 // Doorbell writes for queues that do not exist, SQ tails out of range and CQ
 // heads past the controller's tail are ignored, counted in
-// Stats.InvalidDoorbellWrites, and reported as an Error asynchronous event:
-// Asynchronous Event Requests (up to 4) stay outstanding until such an
-// event, and an event with no request outstanding waits for the next one.
+// Stats.InvalidDoorbellWrites, and, as QEMU does, reported as an Error
+// asynchronous event only if an Asynchronous Event Request (up to 4) is
+// outstanding. Once an event of a type is posted, later ones of that type
+// wait until the host reads its log page (Error Information, SMART /
+// Health) without Retain Asynchronous Event.
 //
 // # DMA
 //

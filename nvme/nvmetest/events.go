@@ -9,7 +9,13 @@ const (
 	aenInvalidDoorbell      = 0x00 // Write to Invalid Doorbell Register
 	aenInvalidDoorbellValue = 0x01 // Invalid Doorbell Write Value
 	aerLimit                = 4    // Identify Controller AERL + 1
-	maxQueuedEvents         = 16
+	maxQueuedEvents         = 64   // QEMU's aer_max_queued default
+)
+
+// Asynchronous event types (completion DW0 bits 2:0).
+const (
+	eventError  = 0 // Error status
+	eventHealth = 1 // SMART / Health status
 )
 
 // doorbellBufferLocked handles Doorbell Buffer Config: PRP1 is the shadow
@@ -91,35 +97,65 @@ func (c *Controller) writeEventIdxLocked() {
 	}
 }
 
+// Asynchronous events follow QEMU's hw/nvme (nvme_enqueue_event,
+// nvme_process_aers): an event waits in a queue of at most
+// maxQueuedEvents; the newest outstanding request takes it; once an event
+// of a type is posted that type is masked (later ones wait) until the host
+// reads the type's log page without Retain Asynchronous Event.
+
 // asyncRequestLocked takes an Asynchronous Event Request: it stays
-// outstanding until an event happens (or the controller resets), unless an
-// event is already waiting for it.
+// outstanding until an event can be posted on it (or the controller
+// resets).
 func (c *Controller) asyncRequestLocked(cmd *Command, sqhd uint16) {
-	if len(c.events) > 0 {
-		dw0 := c.events[0]
-		c.events = c.events[1:]
-		c.finishLocked(cmd, sqhd, nil, result{dw0: dw0})
-		return
-	}
 	if len(c.aers) >= aerLimit {
 		c.finishLocked(cmd, sqhd, nil, bad(StatusAERLimitExceeded))
 		return
 	}
 	c.aers = append(c.aers, pendingCmd{cmd: *cmd, sqhd: sqhd})
+	c.postEventsLocked()
 }
 
-// invalidDoorbellLocked counts an ignored doorbell write and reports it as
-// an Error asynchronous event pointing at the Error Information log.
-func (c *Controller) invalidDoorbellLocked(info uint8) {
-	c.stats.InvalidDoorbellWrites++
-	dw0 := uint32(info)<<8 | lidError<<16 // type 0 (error status)
-	if len(c.aers) > 0 {
-		p := c.aers[0]
-		c.aers = c.aers[1:]
-		c.finishLocked(&p.cmd, p.sqhd, nil, result{dw0: dw0})
+// enqueueEventLocked queues an event (its completion DW0) and posts what
+// it can. A full queue drops the event, as QEMU does.
+func (c *Controller) enqueueEventLocked(dw0 uint32) {
+	if len(c.events) >= maxQueuedEvents {
 		return
 	}
-	if len(c.events) < maxQueuedEvents {
-		c.events = append(c.events, dw0)
+	c.events = append(c.events, dw0)
+	c.postEventsLocked()
+}
+
+// postEventsLocked completes outstanding requests with queued events of
+// types not masked, oldest event first, newest request first.
+func (c *Controller) postEventsLocked() {
+	kept := c.events[:0]
+	for _, dw0 := range c.events {
+		bit := uint8(1) << (dw0 & 7) // event type
+		if len(c.aers) == 0 || c.masked&bit != 0 {
+			kept = append(kept, dw0)
+			continue
+		}
+		c.masked |= bit
+		p := c.aers[len(c.aers)-1]
+		c.aers = c.aers[:len(c.aers)-1]
+		c.finishLocked(&p.cmd, p.sqhd, nil, result{dw0: dw0})
+	}
+	c.events = kept
+}
+
+// clearEventsLocked unmasks an event type, once the host has read its log
+// page without Retain Asynchronous Event, and posts what waited.
+func (c *Controller) clearEventsLocked(eventType uint8) {
+	c.masked &^= 1 << eventType
+	c.postEventsLocked()
+}
+
+// invalidDoorbellLocked counts an ignored doorbell write and, if a request
+// is outstanding (QEMU's nvme_process_db raises no event otherwise),
+// reports it as an Error event pointing at the Error Information log.
+func (c *Controller) invalidDoorbellLocked(info uint8) {
+	c.stats.InvalidDoorbellWrites++
+	if len(c.aers) > 0 {
+		c.enqueueEventLocked(uint32(info)<<8 | lidError<<16 | eventError)
 	}
 }

@@ -124,5 +124,14 @@ func (c *Controller) getLogLocked(cmd *Command) result {
 	// Bytes past the end of the log read as zeros.
 	out := make([]byte, numd*4)
 	copy(out, page[off:])
-	return c.toHostLocked(cmd, out)
+	r := c.toHostLocked(cmd, out)
+	if r.status == 0 && cmd.CDW10&(1<<15) == 0 { // not Retain Asynchronous Event
+		switch lid {
+		case lidError:
+			c.clearEventsLocked(eventError)
+		case lidHealth:
+			c.clearEventsLocked(eventHealth)
+		}
+	}
+	return r
 }
